@@ -1,0 +1,26 @@
+"""onnxcompress: make ONNX models much smaller, still runnable on stock onnxruntime."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("onnxcompress")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+from .compress import Candidate, CompressResult, compress, inspect  # noqa: E402
+from .errors import CompressError, VerificationError  # noqa: E402
+from .kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans1d_batched  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "compress",
+    "inspect",
+    "CompressResult",
+    "Candidate",
+    "CompressError",
+    "VerificationError",
+    "KMeansResult",
+    "BatchedKMeansResult",
+    "kmeans1d",
+    "kmeans1d_batched",
+]

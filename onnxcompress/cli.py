@@ -1,0 +1,143 @@
+"""The command line.
+
+    onnxcompress MODEL.onnx [-o OUT] [options]   compress (writes MODEL.compressed.onnx)
+    onnxcompress inspect MODEL.onnx              what each bit width would give; writes nothing
+    onnxcompress demo                            compress the bundled example and show accuracy
+
+Exit codes: 0 done, 1 the compressed model failed to load or run, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import CompressError, VerificationError
+from .options import SelectOptions, add_arguments, groups_from_args
+
+EPILOG = """other commands:
+  onnxcompress inspect MODEL.onnx   list the candidate weights and what 1..8 bits would give
+  onnxcompress demo                 compress the bundled example model and compare accuracy
+
+exit codes: 0 done, 1 the compressed model failed to load or run in onnxruntime, 2 bad input"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"inspect": _inspect, "demo": _demo}
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return _compress(argv)
+    except CompressError as e:
+        Console(stderr=True).print(f"[bold red]onnxcompress: error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except VerificationError as e:
+        Console(stderr=True).print(f"[bold red]onnxcompress: verification failed:[/bold red] {e}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _compress_parser(prog: str = "onnxcompress", with_model: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Make an ONNX model much smaller: k-means codebooks with packed indices, decoded by "
+        "standard ONNX nodes that stock onnxruntime folds at load.",
+        epilog=EPILOG if with_model else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"onnxcompress {__version__}")
+    if with_model:
+        p.add_argument("model", type=Path, help="the .onnx model to compress (never modified)")
+    p.add_argument("-o", "--output", type=Path, help="where to write (default: MODEL.compressed.onnx beside the input)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    add_arguments(p)
+    return p
+
+
+def _compress(argv: list[str]) -> int:
+    args = _compress_parser().parse_args(argv)
+    output = args.output or args.model.with_name(args.model.stem + ".compressed.onnx")
+    return _run_compress(args, args.model, output)
+
+
+def _run_compress(args: argparse.Namespace, model, output) -> int:
+    from .compress import compress
+
+    groups = groups_from_args(args)
+    kwargs = {k: v for opts in groups.values() for k, v in vars(opts).items()}
+    result = compress(model, output, force=args.force, report_json=args.report, progress=not args.quiet, **kwargs)
+    console = Console()
+    if args.quiet:
+        r = result.report
+        console.print(f"{r.file_bytes_before} -> {r.file_bytes_after} bytes ({r.ratio:.2f}x) in {r.seconds:.1f} s")
+    else:
+        result.report.render(console)
+    return 0
+
+
+def _inspect(argv: list[str]) -> int:
+    from .compress import inspect
+
+    p = argparse.ArgumentParser(prog="onnxcompress inspect", description="List the weights onnxcompress would compress and "
+                                "what each bit width would give (bytes, relative weight error). Writes nothing.")
+    p.add_argument("model", type=Path)
+    p.add_argument("--kmeans", choices=["auto", "exact", "binned"], default="auto")
+    add_arguments_select(p)
+    args = p.parse_args(argv)
+    sel = {k: getattr(args, k) for k in ("min_elements", "include", "exclude")}
+    candidates, selection = inspect(args.model, kmeans=args.kmeans, **sel)
+    console = Console()
+    t = Table(title=f"{args.model}: {len(candidates)} candidate weights (bytes after / relative weight error)", title_justify="left")
+    t.add_column("tensor", overflow="fold")
+    t.add_column("shape")
+    t.add_column("used by")
+    t.add_column("bytes", justify="right")
+    for bits in (8, 6, 4, 3, 2, 1):
+        t.add_column(f"{bits} bits", justify="right")
+    for c in sorted(candidates, key=lambda c: -c.bytes):
+        t.add_row(c.name, "x".join(map(str, c.shape)), ",".join(c.consumers), f"{c.bytes:,}",
+                  *[f"{c.by_bits[b][0]:,} / {c.by_bits[b][1]:.1e}" for b in (8, 6, 4, 3, 2, 1)])
+    console.print(t)
+    for s in selection.skipped:
+        console.print(f"left alone: {s.name} {list(s.shape)}: {s.reason}")
+    return 0
+
+
+def add_arguments_select(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+
+    for f in dataclasses.fields(SelectOptions):
+        flag = "--" + f.name.replace("_", "-")
+        p.add_argument(flag, type=int if f.name == "min_elements" else str, default=f.default, help=f.metadata["help"])
+
+
+def _demo(argv: list[str]) -> int:
+    import numpy as np
+
+    from .demo import accuracy, example_data, example_model
+
+    p = _compress_parser("onnxcompress demo", with_model=False)
+    p.description = "Compress the bundled digits MLP, verify it on its 360 held-out images, and compare accuracy."
+    args = p.parse_args(argv)
+    pixels, labels = example_data()
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = Path(tmp) / "inputs.npz"
+        np.savez(inputs, pixels=pixels)
+        if args.inputs is None:
+            args.inputs = inputs
+        output = args.output or Path(tmp) / "digits_mlp.compressed.onnx"
+        _run_compress(args, example_model(), output)
+        before, after = accuracy(example_model(), pixels, labels), accuracy(output, pixels, labels)
+        Console().print(f"accuracy on {len(labels)} held-out digits: [bold]{before:.2%} -> {after:.2%}[/bold]"
+                        + ("" if args.output else "  (pass -o PATH to keep the compressed model)"))
+    return 0

@@ -1,0 +1,118 @@
+"""The standard ONNX nodes that rebuild a weight from its codebook, and the packing of the
+indices they read.
+
+Indices are stored at exactly `bits` bits each, split into bit planes of width 4, 2 or 1
+(bits = 7 is 4 + 2 + 1). A plane of width w holds 8/w values per byte, in plane-major order:
+byte i holds values i, N + i, 2N + i, ... in bits [0, w), [w, 2w), ... Two BitShift nodes
+with broadcast shift amounts unpack a whole plane (opset 11, onnxruntime 1.16+). The index
+becomes INT32 (Gather rejects uint8; INT64 costs more peak memory at load), then Gather
+(one codebook) or GatherElements (one per channel or group) looks the values up.
+onnxruntime folds all of it into a plain initializer at load.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .encode import Codebook
+from .errors import CompressError
+
+PLANE_WIDTHS = (4, 2, 1)
+
+
+def plane_widths(bits: int) -> list[tuple[int, int]]:
+    """(width, bit offset) of each plane, low bits first: 7 -> [(4, 0), (2, 4), (1, 6)]."""
+    out, offset = [], 0
+    for w in PLANE_WIDTHS:
+        if bits & w:
+            out.append((w, offset))
+            offset += w
+    return out
+
+
+def pack_plane(values: np.ndarray, width: int) -> np.ndarray:
+    """uint8 values < 2^width -> bytes [1, N] in plane-major order."""
+    per_byte = 8 // width
+    n = -(-values.size // per_byte)
+    padded = np.zeros(n * per_byte, dtype=np.uint8)
+    padded[: values.size] = values
+    planes = padded.reshape(per_byte, n).astype(np.uint16)
+    packed = np.zeros(n, dtype=np.uint16)
+    for j in range(per_byte):
+        packed |= planes[j] << (j * width)
+    return packed.astype(np.uint8).reshape(1, n)
+
+
+def min_opset(cb: Codebook) -> int:
+    return 5 if cb.bits == 8 and cb.layout == "tensor" else 11
+
+
+def build_decoder(cb: Codebook, name: str, out: gs.Variable, onnx_dtype: int, opset: int) -> list[gs.Node]:
+    """Nodes that compute `out` (named like the weight) from constants only."""
+    need = min_opset(cb)
+    if opset < need:
+        raise CompressError(
+            f"{name}: {cb.bits}-bit {cb.layout} codebooks need opset {need} (BitShift, GatherElements) but the model "
+            f"has opset {opset}; use --bits 8 --granularity tensor, or convert with --opset {need}"
+        )
+    b = _Builder(name)
+    flat = cb.labels.reshape(-1)
+    total = flat.size
+    if cb.bits == 8:
+        idx = b.node("Cast", [b.const("indices", flat)], attrs={"to": onnx.TensorProto.INT32})
+    else:
+        parts = []
+        for width, offset in plane_widths(cb.bits):
+            field = (flat >> offset) & ((1 << width) - 1)
+            packed = b.const(f"indices{width}", pack_plane(field, width))
+            per_byte = 8 // width
+            lefts = np.array([8 - width * (j + 1) for j in range(per_byte)], dtype=np.uint8).reshape(per_byte, 1)
+            x = b.node("BitShift", [packed, b.const(f"shl{width}", lefts)], attrs={"direction": "LEFT"})
+            x = b.node("BitShift", [x, b.const(f"shr{width}", np.array([8 - width], dtype=np.uint8))], attrs={"direction": "RIGHT"})
+            x = b.node("Reshape", [x, b.const("flat", np.array([-1], dtype=np.int64))])
+            if per_byte * packed.shape[1] != total:
+                x = b.node("Slice", [x, b.const("start", np.array([0], dtype=np.int64)), b.const(f"len{total}", np.array([total], dtype=np.int64))])
+            x = b.node("Cast", [x], attrs={"to": onnx.TensorProto.INT32})
+            if offset:
+                x = b.node("Mul", [x, b.const(f"scale{offset}", np.array([1 << offset], dtype=np.int32))])
+            parts.append(x)
+        idx = parts[0]
+        for p in parts[1:]:
+            idx = b.node("Add", [idx, p])
+    if cb.layout == "tensor":
+        vals = b.node("Gather", [b.const("codebook", cb.centroids[0]), idx], attrs={"axis": 0})
+    else:
+        idx = b.node("Reshape", [idx, b.const("grouped", np.array(cb.labels.shape, dtype=np.int64))])
+        vals = b.node("GatherElements", [b.const("codebook", cb.centroids), idx], attrs={"axis": 1})
+    if cb.layout == "channel" and cb.axis != 0:
+        moved = np.moveaxis(np.empty(cb.shape, dtype=np.bool_), cb.axis, 0).shape
+        vals = b.node("Reshape", [vals, b.const("moved", np.array(moved, dtype=np.int64))])
+        perm = list(range(1, len(cb.shape)))
+        perm.insert(cb.axis, 0)
+        vals = b.node("Transpose", [vals], attrs={"perm": perm})
+    elif cb.layout == "group" and cb.labels.size != cb.n_values:
+        vals = b.node("Reshape", [vals, b.const("flat", np.array([-1], dtype=np.int64))])
+        vals = b.node("Slice", [vals, b.const("start", np.array([0], dtype=np.int64)), b.const("count", np.array([cb.n_values], dtype=np.int64))])
+    if onnx.helper.np_dtype_to_tensor_dtype(cb.centroids.dtype) != onnx_dtype:
+        vals = b.node("Cast", [vals], attrs={"to": onnx_dtype})
+    b.node("Reshape", [vals, b.const("shape", np.array(cb.shape, dtype=np.int64))], out=out)
+    return b.nodes
+
+
+class _Builder:
+    """Names every decode tensor and node after the weight: `<weight>::codebook`, ..."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.nodes, self._n = name, [], 0
+
+    def const(self, what: str, values: np.ndarray) -> gs.Constant:
+        self._n += 1
+        return gs.Constant(f"{self.name}::{what}.{self._n}", np.ascontiguousarray(values))
+
+    def node(self, op: str, inputs: list, attrs: dict | None = None, out: gs.Variable | None = None) -> gs.Variable:
+        self._n += 1
+        result = out if out is not None else gs.Variable(f"{self.name}::{op.lower()}.{self._n}")
+        self.nodes.append(gs.Node(op, f"{self.name}::decode.{op}.{self._n}", attrs or {}, list(inputs), [result]))
+        return result

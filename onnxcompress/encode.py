@@ -1,0 +1,156 @@
+"""Step 3: encode a weight as a k-means codebook plus one small index per value."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kmeans import kmeans1d, kmeans1d_batched
+from .options import CodebookOptions
+
+# Tensor-level k-means is exact when its DP is cheap; past this many value-clusters (n * k) a
+# large all-distinct tensor takes the binned path under --kmeans auto (about 0.3 s at the limit).
+EXACT_WORK_LIMIT = 1 << 25
+
+
+@dataclass
+class Codebook:
+    """A weight as centroids and labels, in a grouped layout.
+
+    Rows of `labels` and `centroids` are groups: the whole tensor (layout "tensor"), one output
+    channel along `axis` (layout "channel"), or `group_size` consecutive values of the flat
+    tensor, the last group padded (layout "group").
+    """
+
+    shape: tuple[int, ...]
+    bits: int
+    layout: str
+    axis: int
+    group_size: int
+    centroids: np.ndarray  # [groups, k] in the storage dtype
+    labels: np.ndarray  # [groups, values per group], uint8
+    method: str  # "exact" or "binned"
+    seconds: float
+
+    @property
+    def n_values(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[1])
+
+    def index_bytes(self) -> int:
+        return (self.labels.size * self.bits + 7) // 8
+
+    def codebook_bytes(self) -> int:
+        return int(self.centroids.nbytes)
+
+    def decoded(self) -> np.ndarray:
+        """The weight exactly as the decode nodes rebuild it, before the final cast."""
+        vals = np.take_along_axis(self.centroids, self.labels.astype(np.intp), axis=1)
+        if self.layout == "channel":
+            moved = tuple(np.moveaxis(np.empty(self.shape, dtype=np.bool_), self.axis, 0).shape)
+            return np.moveaxis(vals.reshape(moved), 0, self.axis)
+        return vals.reshape(-1)[: self.n_values].reshape(self.shape)
+
+
+def storage_dtype(weight_dtype: np.dtype, codebook_dtype: str) -> np.dtype:
+    if codebook_dtype == "float16":
+        return np.dtype(np.float16)
+    if codebook_dtype == "float32":
+        return np.dtype(np.float32)
+    return np.dtype(weight_dtype) if weight_dtype in (np.float16, np.float32, np.float64) else np.dtype(np.float32)
+
+
+def encode_codebook(array: np.ndarray, options: CodebookOptions, axis: int = 0) -> Codebook:
+    """Cluster the values of `array` into 2^bits levels per group; `axis` is the output
+    channel for --granularity channel."""
+    t0 = time.perf_counter()
+    bits, k = options.bits, 1 << options.bits
+    store = storage_dtype(array.dtype, options.codebook_dtype)
+    group_size = options.group_size()
+    if options.granularity == "tensor" or array.ndim == 0:
+        flat = array.reshape(-1)
+        exact = options.kmeans == "exact" or (
+            options.kmeans == "auto" and (array.dtype == np.float16 or flat.size * k <= EXACT_WORK_LIMIT)
+        )
+        if exact:
+            r = kmeans1d(flat, k)
+            centroids, labels = r.centroids, r.labels
+        else:
+            centroids, labels = binned_kmeans(flat, k)
+        return Codebook(
+            tuple(array.shape), bits, "tensor", 0, flat.size,
+            centroids.astype(store)[None, :], labels.reshape(1, -1).astype(np.uint8),
+            "exact" if exact else "binned", time.perf_counter() - t0,
+        )
+    if options.granularity == "channel":
+        axis = axis % array.ndim
+        rows = np.ascontiguousarray(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1)
+        r = kmeans1d_batched(rows, min(k, rows.shape[1]))
+        return Codebook(
+            tuple(array.shape), bits, "channel", axis, rows.shape[1],
+            r.centroids.astype(store), r.labels, "exact", time.perf_counter() - t0,
+        )
+    flat = array.reshape(-1)
+    groups = -(-flat.size // group_size)
+    padded = np.zeros(groups * group_size, dtype=flat.dtype)
+    padded[: flat.size] = flat
+    weights = np.zeros(padded.size, dtype=np.float32)
+    weights[: flat.size] = 1.0  # padding weighs nothing: it never moves a centroid
+    r = kmeans1d_batched(padded.reshape(groups, group_size), min(k, group_size), weights.reshape(groups, group_size))
+    return Codebook(
+        tuple(array.shape), bits, "group", 0, group_size,
+        r.centroids.astype(store), r.labels, "exact", time.perf_counter() - t0,
+    )
+
+
+def binned_kmeans(x: np.ndarray, k: int, polish_rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Near-optimal k-means for a large all-distinct tensor: the exact DP over at most 65536
+    fp16 bins (each at the exact mean of its values, weighted by its count), then Lloyd
+    rounds on the full data, which only lower the SSE. Returns (centroids, uint8 labels)."""
+    xd = x.astype(np.float64, copy=False).reshape(-1)
+    counts, means, _ = _fp16_bins(xd)
+    centroids = kmeans1d(means, k, counts).centroids
+    for _ in range(polish_rounds + 1):
+        labels = _nearest(xd, centroids)
+        if _ == polish_rounds:
+            break
+        cnt = np.bincount(labels, minlength=len(centroids))
+        tot = np.bincount(labels, weights=xd, minlength=len(centroids))
+        centroids = np.where(cnt > 0, tot / np.maximum(cnt, 1), centroids)
+    return centroids, labels.astype(np.uint8)
+
+
+def sse_curve(array: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, str]:
+    """Weighted SSE of the best clustering with 1..k levels, from one k-means run: exact, or
+    for a large tensor the binned bound (DP over the bins plus the within-bin SSE, which is
+    what those partitions really cost; within about 1e-4 of the optimum)."""
+    flat = array.reshape(-1)
+    exact = method == "exact" or (method == "auto" and (array.dtype == np.float16 or flat.size * k <= EXACT_WORK_LIMIT))
+    if exact:
+        return kmeans1d(flat, k).sse_by_k, "exact"
+    xd = flat.astype(np.float64)
+    counts, means, within = _fp16_bins(xd)
+    return kmeans1d(means, k, counts).sse_by_k + within, "binned"
+
+
+def _fp16_bins(xd: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Counts and exact means of the values in each non-empty fp16 bin (after a power-of-two
+    scaling that keeps them in fp16 range), and the total SSE within the bins."""
+    peak = float(np.abs(xd).max())
+    exponent = int(np.frexp(peak)[1]) if peak > 0 else 0
+    keys = np.ldexp(xd, 14 - exponent).astype(np.float16).view(np.uint16)
+    counts = np.bincount(keys, minlength=65536)
+    sums = np.bincount(keys, weights=xd, minlength=65536)
+    present = counts > 0
+    counts, means = counts[present].astype(np.float64), sums[present] / counts[present]
+    within = max(0.0, float(xd @ xd) - float(counts @ (means * means)))
+    return counts, means, within
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    return np.searchsorted((centroids[1:] + centroids[:-1]) / 2, x)

@@ -1,0 +1,132 @@
+"""Option groups. Each dataclass drives both the command-line flags and the Python keyword
+arguments of `compress()`, so the two never drift apart (field metadata holds the help)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+from .errors import CompressError
+
+
+def _opt(default: Any, help: str, **cli: Any) -> Any:
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass
+class SelectOptions:
+    """Which weights to compress."""
+
+    # 4096: below that the codebook and decode nodes (about 1.3 KB) eat much of the saving,
+    # and what is that small is mostly biases and norm scales, which are sensitive.
+    min_elements: int = _opt(4096, "compress float tensors with at least this many values")
+    include: str | None = _opt(None, "only tensors whose name matches this regular expression", metavar="REGEX")
+    exclude: str | None = _opt(None, "skip tensors whose name matches this regular expression", metavar="REGEX")
+
+    def validate(self) -> None:
+        if self.min_elements < 1:
+            raise CompressError(f"--min-elements must be at least 1; got {self.min_elements}")
+        for flag, pattern in (("--include", self.include), ("--exclude", self.exclude)):
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise CompressError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
+
+
+@dataclass
+class CodebookOptions:
+    """How each weight becomes a codebook plus packed indices."""
+
+    bits: int = _opt(8, "index bits per weight, 1..8 (k = 2^bits levels)", choices=range(1, 9), metavar="1..8")
+    granularity: str = _opt(
+        "tensor", "one codebook per tensor, per output channel, or per N consecutive values", metavar="tensor|channel|group:N"
+    )
+    codebook_dtype: str = _opt("auto", "how codebook values are stored (auto: the weight's own float type)", choices=["auto", "float32", "float16"])
+    kmeans: str = _opt(
+        "auto",
+        "exact: the optimal DP on every tensor; binned: DP over fp16 bins + an exact Lloyd polish "
+        "(about 1e-4 above the optimal SSE, much faster on large all-distinct tensors); auto: exact where cheap",
+        choices=["auto", "exact", "binned"],
+    )
+
+    def validate(self) -> None:
+        if not 1 <= self.bits <= 8:
+            raise CompressError(f"--bits must be between 1 and 8; got {self.bits}")
+        self.group_size()  # raises on a bad granularity
+
+    def group_size(self) -> int | None:
+        g = self.granularity
+        if g in ("tensor", "channel"):
+            return None
+        m = re.fullmatch(r"group:(\d+)", g)
+        if not m or int(m.group(1)) < 2:
+            raise CompressError(f"--granularity must be tensor, channel or group:N with N >= 2; got {g!r}")
+        return int(m.group(1))
+
+
+@dataclass
+class TargetOptions:
+    """What the compressed model must run on."""
+
+    target_ort: str = _opt("1.16", "oldest onnxruntime the result must run on", metavar="VERSION")
+    opset: int | None = _opt(None, "convert the model to this default-domain opset first (never done silently)", metavar="N")
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"\d+\.\d+(\.\d+)?", self.target_ort):
+            raise CompressError(f"--target-ort must look like 1.16 or 1.24.4; got {self.target_ort!r}")
+
+    def ort_version(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.target_ort.split("."))
+
+
+@dataclass
+class VerifyOptions:
+    """How the result is checked in onnxruntime."""
+
+    verify: bool = _opt(True, "run both models and compare outputs (--no-verify skips it)")
+    inputs: Path | None = _opt(None, "inputs as .npz (input name -> array) instead of synthesized ones", metavar="FILE.npz")
+    seed: int = _opt(0, "seed for synthesized inputs")
+
+
+OPTION_GROUPS = (SelectOptions, CodebookOptions, TargetOptions, VerifyOptions)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per dataclass field: --min-elements, --bits, ..., --verify/--no-verify."""
+    for group_cls in OPTION_GROUPS:
+        group = parser.add_argument_group(group_cls.__doc__.strip().rstrip("."))
+        for f in dataclasses.fields(group_cls):
+            flag = "--" + f.name.replace("_", "-")
+            meta = dict(f.metadata)
+            help_text = meta.pop("help")
+            if f.type is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+                continue
+            kinds = (f.type, *get_args(f.type))
+            conv = int if int in kinds else Path if Path in kinds else str
+            group.add_argument(flag, type=conv, default=f.default, help=f"{help_text} (default: {f.default})", **meta)
+
+
+def groups_from_args(args: argparse.Namespace) -> dict[type, Any]:
+    return {cls: cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}) for cls in OPTION_GROUPS}
+
+
+def groups_from_kwargs(kwargs: dict[str, Any]) -> dict[type, Any]:
+    """Split compress(**kwargs) into the option groups; unknown names are an error."""
+    out = {}
+    remaining = dict(kwargs)
+    for cls in OPTION_GROUPS:
+        names = {f.name for f in dataclasses.fields(cls)}
+        out[cls] = cls(**{k: remaining.pop(k) for k in list(remaining) if k in names})
+    if remaining:
+        known = sorted(f.name for cls in OPTION_GROUPS for f in dataclasses.fields(cls))
+        raise TypeError(f"unknown option(s) {sorted(remaining)}; known: {', '.join(known)}")
+    for opts in out.values():
+        if hasattr(opts, "validate"):
+            opts.validate()
+    return out

@@ -1,0 +1,114 @@
+"""Step 4: replace each weight by its decode nodes (onnx-graphsurgeon).
+
+The decoder's output keeps the weight's name, so every consumer, including nodes inside
+If/Loop/Scan bodies that read the outer name, sees the same tensor; a weight read by several
+nodes is decoded once. Decoders read only constants, so they go first in the node list.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import __version__
+from .decode import build_decoder
+from .encode import Codebook
+from .select import WeightSite
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def rewrite_graph(model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebook]], method: str = "codebook") -> onnx.ModelProto:
+    opset = default_opset(model)
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    constant_nodes = {n.outputs[0].name: n for n in graph.nodes if n.op == "Constant" and n.outputs}
+    decoders: list[gs.Node] = []
+    for site, cb in encoded:
+        if site.location == "constant":
+            node = constant_nodes[site.name]
+            out = node.outputs[0]
+            node.outputs.clear()
+            graph.nodes.remove(node)
+        else:
+            old = tensors[site.name]
+            old.name = site.name + "::replaced"
+            out = gs.Variable(site.name, dtype=_np_dtype(site.onnx_dtype), shape=list(site.array.shape))
+            for consumer in list(old.outputs):
+                for i, t in enumerate(consumer.inputs):
+                    if t is old:
+                        consumer.inputs[i] = out
+            graph.outputs = [out if t is old else t for t in graph.outputs]
+        decoders += build_decoder(cb, site.name, out, site.onnx_dtype, opset)
+    graph.nodes = decoders + list(graph.nodes)
+    result = gs.export_onnx(graph, do_type_check=False)
+    _restore_model_fields(model, result)
+    tensors_meta = {site.name: {"bits": cb.bits, "layout": cb.layout, "k": cb.k} for site, cb in encoded}
+    _set_metadata(result, {
+        "onnxcompress.version": __version__,
+        "onnxcompress.method": method,
+        "onnxcompress.tensors": json.dumps(tensors_meta, separators=(",", ":")),
+    })
+    return result
+
+
+def _np_dtype(onnx_dtype: int):
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(onnx_dtype) if onnx_dtype != onnx.TensorProto.BFLOAT16 else None
+    except (KeyError, ValueError):
+        return None
+
+
+def _restore_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    """graphsurgeon keeps the graph; the model-level fields come from the original."""
+    dst.ir_version = src.ir_version
+    dst.producer_name, dst.producer_version = src.producer_name, src.producer_version
+    dst.domain, dst.model_version, dst.doc_string = src.domain, src.model_version, src.doc_string
+    del dst.opset_import[:]
+    dst.opset_import.extend(src.opset_import)
+    del dst.metadata_props[:]
+    dst.metadata_props.extend(src.metadata_props)
+    if not dst.functions and src.functions:
+        dst.functions.extend(src.functions)
+
+
+def _set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
+    keep = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def substitute_decoded(model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebook]]) -> onnx.ModelProto:
+    """The original model with each weight replaced by its decoded value: the reference the
+    compressed model must match exactly (used by the tests and the conformance checks)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    values = {site.name: (cb.decoded(), site.onnx_dtype) for site, cb in encoded}
+
+    def tensor(name: str) -> onnx.TensorProto:
+        arr, dtype = values[name]
+        if dtype == onnx.TensorProto.BFLOAT16:
+            bits = (np.asarray(arr, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+            t = onnx.helper.make_tensor(name, dtype, arr.shape, bits.tobytes(), raw=True)
+            return t
+        return onnx.numpy_helper.from_array(np.asarray(arr).astype(onnx.helper.tensor_dtype_to_np_dtype(dtype)), name)
+
+    for i, init in enumerate(out.graph.initializer):
+        if init.name in values:
+            out.graph.initializer[i].CopyFrom(tensor(init.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] in values:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    attr.t.CopyFrom(tensor(node.output[0]))
+    return out

@@ -1,0 +1,162 @@
+"""Step 2: find the weights worth compressing, and say why the others are left alone."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .options import SelectOptions
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.DOUBLE: "float64",
+}
+
+# Inputs that are shapes, axes, indices, scales, pads, thresholds or quantization parameters,
+# not data: a weight read there is never touched.
+NON_DATA_INPUTS: dict[str, set[int]] = {
+    "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3},
+    "Resize": {1, 2, 3}, "Upsample": {1}, "TopK": {1}, "ConstantOfShape": {0}, "Range": {0, 1, 2},
+    "Squeeze": {1}, "Unsqueeze": {1}, "Split": {1}, "CumSum": {1}, "Clip": {1, 2}, "Dropout": {1, 2},
+    "Gather": {1}, "GatherElements": {1}, "GatherND": {1}, "ScatterElements": {1}, "ScatterND": {1},
+    "OneHot": {0, 1, 2}, "NonMaxSuppression": {2, 3, 4}, "RoiAlign": {1, 2},
+    "QuantizeLinear": {0, 1, 2}, "DequantizeLinear": {0, 1, 2}, "DynamicQuantizeLinear": {0},
+    "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
+    "ReduceL1": {1}, "ReduceL2": {1}, "ReduceLogSum": {1}, "ReduceLogSumExp": {1}, "ReduceSumSquare": {1},
+}
+# Ops whose every input is a quantization parameter or an already quantized tensor.
+QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul"}
+
+
+@dataclass
+class Consumer:
+    op_type: str
+    input_index: int
+    in_subgraph: bool
+    trans_b: bool = False  # Gemm's transB: which axis of B is the output channel
+
+
+@dataclass
+class WeightSite:
+    """A float tensor of the model that will be compressed."""
+
+    name: str
+    array: np.ndarray  # float32/float16/float64 values (bfloat16 is read as float32)
+    onnx_dtype: int  # the tensor's own element type, restored by the decoder
+    location: str  # "initializer" or "constant" (a Constant node's output)
+    consumers: list[Consumer] = field(default_factory=list)
+
+    @property
+    def consumer_ops(self) -> list[str]:
+        return sorted({c.op_type for c in self.consumers})
+
+    def channel_axis(self) -> int:
+        """The output-channel axis for per-channel codebooks, from how the weight is used:
+        columns of a MatMul right operand, rows of Gemm's B with transB, ConvTranspose's
+        axis 1, otherwise axis 0 (Conv filters, embedding rows, LSTM gates)."""
+        axes = set()
+        for c in self.consumers:
+            if c.op_type == "MatMul" and c.input_index == 1:
+                axes.add(self.array.ndim - 1)
+            elif c.op_type == "Gemm" and c.input_index == 1:
+                axes.add(0 if c.trans_b else 1)
+            elif c.op_type == "ConvTranspose" and c.input_index == 1:
+                axes.add(1)
+            else:
+                axes.add(0)
+        return axes.pop() if len(axes) == 1 else 0
+
+
+@dataclass
+class Skipped:
+    name: str
+    shape: tuple[int, ...]
+    reason: str
+
+
+@dataclass
+class Selection:
+    weights: list[WeightSite]
+    skipped: list[Skipped]
+
+
+def select_weights(model: onnx.ModelProto, options: SelectOptions) -> Selection:
+    graph = model.graph
+    consumers = _consumers(graph)
+    graph_inputs = {i.name for i in graph.input}
+    include = re.compile(options.include) if options.include else None
+    exclude = re.compile(options.exclude) if options.exclude else None
+
+    candidates: list[tuple[onnx.TensorProto, str, str]] = [(t, t.name, "initializer") for t in graph.initializer]
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    candidates.append((attr.t, node.output[0], "constant"))
+
+    weights, skipped, seen = [], [], set()
+    for tensor, name, location in candidates:
+        shape = tuple(int(d) for d in tensor.dims)
+        size = int(np.prod(shape)) if shape else 1
+        reason = None
+        if name in seen:
+            reason = "duplicate tensor name"
+        elif tensor.data_type not in FLOAT_TYPES:
+            continue  # integer and bool tensors are never candidates: not worth listing
+        elif size < options.min_elements:
+            continue  # biases, norms, scalars: below the threshold
+        elif name in graph_inputs:
+            reason = "also a graph input (can be overridden at run time)"
+        elif include and not include.search(name):
+            reason = "not matched by --include"
+        elif exclude and exclude.search(name):
+            reason = "matched by --exclude"
+        else:
+            uses = consumers.get(name, [])
+            bad = [c for c in uses if _is_non_data(c)]
+            if not uses:
+                reason = "read by no node"
+            elif bad:
+                reason = f"used as a non-data input of {bad[0].op_type} (input {bad[0].input_index})"
+        seen.add(name)
+        if reason:
+            skipped.append(Skipped(name, shape, reason))
+            continue
+        weights.append(WeightSite(name, _to_array(tensor), tensor.data_type, location, consumers[name]))
+    return Selection(weights, skipped)
+
+
+def _is_non_data(c: Consumer) -> bool:
+    if c.op_type.startswith("@custom:"):
+        return True
+    return c.op_type in QUANTIZED_OPS or c.input_index in NON_DATA_INPUTS.get(c.op_type, ())
+
+
+def _consumers(graph: onnx.GraphProto, in_subgraph: bool = False, out=None) -> dict[str, list[Consumer]]:
+    """Every (op, input index) that reads each tensor name, including nodes inside If/Loop/Scan
+    bodies that read outer names. Ops outside the default domain are marked as custom."""
+    out = defaultdict(list) if out is None else out
+    for node in graph.node:
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"@custom:{node.domain}.{node.op_type}"
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute) if node.op_type == "Gemm" else False
+        for i, name in enumerate(node.input):
+            if name:
+                out[name].append(Consumer(op, i, in_subgraph, trans_b))
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _consumers(sub, True, out)
+    return out
+
+
+def _to_array(tensor: onnx.TensorProto) -> np.ndarray:
+    if tensor.data_type == onnx.TensorProto.BFLOAT16:
+        raw = np.frombuffer(tensor.raw_data, dtype=np.uint16) if tensor.raw_data else np.asarray(tensor.int32_data, dtype=np.uint16)
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(tuple(tensor.dims))
+    return numpy_helper.to_array(tensor)

@@ -1,0 +1,116 @@
+"""Step 6: run the original and the compressed model in onnxruntime and compare outputs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import CompressError, VerificationError
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs: float
+    rel_l2: float
+    cosine: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def session(model: onnx.ModelProto | Path, what: str) -> ort.InferenceSession:
+    """An onnxruntime session with default options, or a one-line error."""
+    src = str(model) if isinstance(model, Path) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises several types
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise VerificationError(f"onnxruntime {ort.__version__} cannot load {what}: {msg}") from None
+
+
+def load_feeds(path: Path) -> list[dict[str, np.ndarray]]:
+    """An .npz of input name -> array (one feed), or NAME@K keys (feed K)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CompressError(f"--inputs {path}: cannot read it as .npz ({e}); save it with numpy.savez") from None
+    feeds: dict[int, dict[str, np.ndarray]] = {}
+    for key in data.files:
+        m = re.fullmatch(r"(.+)@(\d+)", key)
+        name, k = (m.group(1), int(m.group(2))) if m else (key, 0)
+        feeds.setdefault(k, {})[name] = data[key]
+    if not feeds:
+        raise CompressError(f"--inputs {path} holds no arrays")
+    return [feeds[k] for k in sorted(feeds)]
+
+
+def synthesize_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs from the graph's declared types and shapes. Unknown dims: 1 for the first
+    (batch), 64 for spatial dims of 4-D float inputs, else 16. Integer inputs that index an
+    embedding table stay below its row count; masks are ones; other integers are 0 or 1."""
+    rng = np.random.default_rng(seed)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    table_rows = {}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in inits:
+            dims = inits[node.input[0]].dims
+            if dims:
+                table_rows[node.input[1]] = int(dims[0])
+    feed = {}
+    for inp in graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        rank = len(tt.shape.dim)
+        shape = []
+        for axis, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(int(d.dim_value))
+            elif axis == 0:
+                shape.append(1)
+            else:
+                shape.append(64 if rank == 4 and dtype.kind == "f" and axis >= 2 else 16)
+        if dtype.kind == "f":
+            feed[inp.name] = rng.normal(size=shape).astype(dtype)
+        elif dtype.kind in "iu":
+            if "mask" in inp.name.lower():
+                feed[inp.name] = np.ones(shape, dtype=dtype)
+            else:
+                feed[inp.name] = rng.integers(0, table_rows.get(inp.name, 2), size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            feed[inp.name] = rng.random(shape) < 0.5
+        else:
+            raise CompressError(f"cannot synthesize input {inp.name!r} of type {dtype}; pass --inputs FILE.npz")
+    return feed
+
+
+def run(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], what: str) -> list[list[np.ndarray]]:
+    try:
+        return [sess.run(None, feed) for feed in feeds]
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise VerificationError(f"{what} failed to run in onnxruntime: {msg}") from None
+
+
+def compare(names: list[str], reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> list[OutputDiff]:
+    diffs = []
+    for j, name in enumerate(names):
+        a = np.concatenate([np.asarray(r[j], dtype=np.float64).ravel() for r in reference])
+        b = np.concatenate([np.asarray(c[j], dtype=np.float64).ravel() for c in candidate])
+        if a.size == 0:
+            diffs.append(OutputDiff(name, 0.0, 0.0, 1.0))
+            continue
+        d = b - a
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        rel = float(np.linalg.norm(d) / na) if na > 0 else float(np.linalg.norm(d))
+        cos = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
+        diffs.append(OutputDiff(name, float(np.abs(d).max()), rel, cos))
+    return diffs
