@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from .compress import Candidate, CompressResult, compress, inspect  # noqa: E402
+from .api import Candidate, CompressResult, compress, inspect  # noqa: E402
 from .errors import CompressError, VerificationError  # noqa: E402
 from .kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans1d_batched  # noqa: E402
 

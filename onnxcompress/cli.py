@@ -14,12 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__
 from .errors import CompressError, VerificationError
 from .options import SelectOptions, add_arguments, groups_from_args
+from .report import make_console
 
 EPILOG = """other commands:
   onnxcompress inspect MODEL.onnx   list the candidate weights and what 1..8 bits would give
@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             return commands[argv[0]](argv[1:])
         return _compress(argv)
     except CompressError as e:
-        Console(stderr=True).print(f"[bold red]onnxcompress: error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        make_console(stderr=True).print(f"[bold red]onnxcompress: error:[/bold red] {e}", highlight=False, soft_wrap=True)
         return 2
     except VerificationError as e:
-        Console(stderr=True).print(f"[bold red]onnxcompress: verification failed:[/bold red] {e}", highlight=False, soft_wrap=True)
+        make_console(stderr=True).print(f"[bold red]onnxcompress: verification failed:[/bold red] {e}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -71,12 +71,12 @@ def _compress(argv: list[str]) -> int:
 
 
 def _run_compress(args: argparse.Namespace, model, output) -> int:
-    from .compress import compress
+    from .api import compress
 
     groups = groups_from_args(args)
     kwargs = {k: v for opts in groups.values() for k, v in vars(opts).items()}
     result = compress(model, output, force=args.force, report_json=args.report, progress=not args.quiet, **kwargs)
-    console = Console()
+    console = make_console()
     if args.quiet:
         r = result.report
         console.print(f"{r.file_bytes_before} -> {r.file_bytes_after} bytes ({r.ratio:.2f}x) in {r.seconds:.1f} s")
@@ -86,7 +86,7 @@ def _run_compress(args: argparse.Namespace, model, output) -> int:
 
 
 def _inspect(argv: list[str]) -> int:
-    from .compress import inspect
+    from .api import inspect
 
     p = argparse.ArgumentParser(prog="onnxcompress inspect", description="List the weights onnxcompress would compress and "
                                 "what each bit width would give (bytes, relative weight error). Writes nothing.")
@@ -96,7 +96,7 @@ def _inspect(argv: list[str]) -> int:
     args = p.parse_args(argv)
     sel = {k: getattr(args, k) for k in ("min_elements", "include", "exclude")}
     candidates, selection = inspect(args.model, kmeans=args.kmeans, **sel)
-    console = Console()
+    console = make_console()
     t = Table(title=f"{args.model}: {len(candidates)} candidate weights (bytes after / relative weight error)", title_justify="left")
     t.add_column("tensor", overflow="fold")
     t.add_column("shape")
@@ -138,6 +138,6 @@ def _demo(argv: list[str]) -> int:
         output = args.output or Path(tmp) / "digits_mlp.compressed.onnx"
         _run_compress(args, example_model(), output)
         before, after = accuracy(example_model(), pixels, labels), accuracy(output, pixels, labels)
-        Console().print(f"accuracy on {len(labels)} held-out digits: [bold]{before:.2%} -> {after:.2%}[/bold]"
+        make_console().print(f"accuracy on {len(labels)} held-out digits: [bold]{before:.2%} -> {after:.2%}[/bold]"
                         + ("" if args.output else "  (pass -o PATH to keep the compressed model)"))
     return 0

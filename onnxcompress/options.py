@@ -8,7 +8,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, get_args, get_type_hints
 
 from .errors import CompressError
 
@@ -100,14 +100,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per dataclass field: --min-elements, --bits, ..., --verify/--no-verify."""
     for group_cls in OPTION_GROUPS:
         group = parser.add_argument_group(group_cls.__doc__.strip().rstrip("."))
+        hints = get_type_hints(group_cls)
         for f in dataclasses.fields(group_cls):
             flag = "--" + f.name.replace("_", "-")
             meta = dict(f.metadata)
             help_text = meta.pop("help")
-            if f.type is bool:
+            ftype = hints[f.name]
+            if ftype is bool:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
                 continue
-            kinds = (f.type, *get_args(f.type))
+            kinds = (ftype, *get_args(ftype))
             conv = int if int in kinds else Path if Path in kinds else str
             group.add_argument(flag, type=conv, default=f.default, help=f"{help_text} (default: {f.default})", **meta)
 

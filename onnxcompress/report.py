@@ -52,7 +52,7 @@ class Report:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     def render(self, console: Console | None = None) -> None:
-        console = console or Console()
+        console = console or make_console()
         t = Table(title=f"Compressed tensors ({len(self.tensors)})", title_justify="left")
         for col, just in [("tensor", "left"), ("shape", "left"), ("used by", "left"), ("bits", "right"),
                           ("k-means", "left"), ("before", "right"), ("after", "right"), ("weight error", "right")]:
@@ -81,6 +81,12 @@ class Report:
             f"[bold]{human(self.file_bytes_before)} -> {human(self.file_bytes_after)}[/bold] "
             f"({self.ratio:.2f}x smaller) in {self.seconds:.1f} s{where}"
         )
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console at least 120 columns wide: piped output keeps whole tables."""
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, width=None if probe.is_terminal else max(probe.width, 140))
 
 
 def human(n: int) -> str:

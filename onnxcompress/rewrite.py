@@ -29,7 +29,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 def rewrite_graph(model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebook]], method: str = "codebook") -> onnx.ModelProto:
     opset = default_opset(model)
     graph = gs.import_onnx(model)
-    tensors = graph.tensors()
+    tensors = _tensors_by_name(graph)
     constant_nodes = {n.outputs[0].name: n for n in graph.nodes if n.op == "Constant" and n.outputs}
     decoders: list[gs.Node] = []
     for site, cb in encoded:
@@ -39,14 +39,14 @@ def rewrite_graph(model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebo
             node.outputs.clear()
             graph.nodes.remove(node)
         else:
-            old = tensors[site.name]
-            old.name = site.name + "::replaced"
             out = gs.Variable(site.name, dtype=_np_dtype(site.onnx_dtype), shape=list(site.array.shape))
-            for consumer in list(old.outputs):
-                for i, t in enumerate(consumer.inputs):
-                    if t is old:
-                        consumer.inputs[i] = out
-            graph.outputs = [out if t is old else t for t in graph.outputs]
+            for old in tensors[site.name]:  # one object, or one per subgraph that reads it
+                old.name = site.name + "::replaced"
+                for consumer in list(old.outputs):
+                    for i, t in enumerate(consumer.inputs):
+                        if t is old:
+                            consumer.inputs[i] = out
+                graph.outputs = [out if t is old else t for t in graph.outputs]
         decoders += build_decoder(cb, site.name, out, site.onnx_dtype, opset)
     graph.nodes = decoders + list(graph.nodes)
     result = gs.export_onnx(graph, do_type_check=False)
@@ -58,6 +58,28 @@ def rewrite_graph(model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebo
         "onnxcompress.tensors": json.dumps(tensors_meta, separators=(",", ":")),
     })
     return result
+
+
+def _tensors_by_name(graph: gs.Graph, out: dict | None = None) -> dict[str, list[gs.Tensor]]:
+    """Every tensor object that nodes read, by name, including nodes of If/Loop/Scan bodies
+    (graphsurgeon's Graph.tensors() stops at the main graph)."""
+    out = {} if out is None else out
+    for t in list(graph.inputs) + list(graph.outputs):
+        _add(out, t)
+    for node in graph.nodes:
+        for t in node.inputs:
+            _add(out, t)
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    _tensors_by_name(sub, out)
+    return out
+
+
+def _add(out: dict, t: gs.Tensor) -> None:
+    same = out.setdefault(t.name, [])
+    if not any(x is t for x in same):
+        same.append(t)
 
 
 def _np_dtype(onnx_dtype: int):

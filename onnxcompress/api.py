@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .encode import Codebook, encode_codebook, sse_curve
@@ -99,8 +100,14 @@ def compress(
         file_bytes_after=after,
     )
     if verify_o.verify:
-        sess = session(out_path if out_path is not None else compressed, "the compressed model")
-        report.outputs = compare(output_names, reference, run(sess, feeds, "the compressed model"))
+        try:
+            sess = session(out_path if out_path is not None else compressed, "the compressed model")
+            report.outputs = compare(output_names, reference, run(sess, feeds, "the compressed model"))
+        except VerificationError as e:
+            if out_path is not None:  # never leave a broken model where a good one is expected
+                out_path.unlink(missing_ok=True)
+                raise VerificationError(f"{e} (the output was removed; please report this with the model)") from None
+            raise
         report.verified = True
     report.seconds = time.perf_counter() - t0
     if report_json is not None:
@@ -128,7 +135,7 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     if opset == current:
         return model
     try:
-        converted = onnx.version_converter.convert_model(model, opset)
+        converted = onnx.version_converter.convert_version(model, opset)
         converted.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)]))
         onnx.checker.check_model(converted)
     except Exception as e:  # noqa: BLE001 - the converter raises many types

@@ -1,0 +1,148 @@
+"""Small real ONNX models built with onnx.helper, one per consumer kind and weight location."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+_rng = [np.random.default_rng(1234)]
+
+
+def weight(*shape: int, dtype=np.float32) -> np.ndarray:
+    return (_rng[0].normal(size=shape) * 0.2).astype(dtype)
+
+
+def make_model(nodes, inputs, outputs, inits=(), opset: int = 17, ir: int = 8) -> onnx.ModelProto:
+    _rng[0] = np.random.default_rng(1234)  # the next model's weights do not depend on call order
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+        [numpy_helper.from_array(a, name) for name, a in inits],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir
+    return model
+
+
+F = TensorProto.FLOAT
+
+
+def matmul():
+    return make_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", F, ["batch", 48])], [("y", F, ["batch", 40])],
+                      [("W", weight(48, 40))])
+
+
+def gemm(trans_b: int):
+    w = weight(40, 48) if trans_b else weight(48, 40)
+    return make_model([helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=trans_b, alpha=0.7, beta=1.3)],
+                      [("x", F, ["batch", 48])], [("y", F, ["batch", 40])], [("W", w), ("b", weight(40))])
+
+
+def conv():
+    return make_model([helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])],
+                      [("x", F, [1, 8, 12, 12])], [("y", F, [1, 16, 6, 6])], [("W", weight(16, 8, 3, 3)), ("b", weight(16))])
+
+
+def conv_transpose():
+    return make_model([helper.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2, 2])],
+                      [("x", F, [1, 16, 5, 5])], [("y", F, ["n", "c", "h", "w"])], [("W", weight(16, 12, 3, 3))])
+
+
+def embedding():
+    return make_model([helper.make_node("Gather", ["E", "ids"], ["y"], axis=0)],
+                      [("ids", TensorProto.INT64, ["batch", "seq"])], [("y", F, ["batch", "seq", 24])], [("E", weight(300, 24))])
+
+
+def lstm():
+    hidden, inp = 16, 12
+    return make_model(
+        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "h"], hidden_size=hidden)],
+        [("x", F, [5, 2, inp])], [("y", F, [5, 1, 2, hidden]), ("h", F, [1, 2, hidden])],
+        [("W", weight(1, 4 * hidden, inp)), ("R", weight(1, 4 * hidden, hidden)), ("B", weight(1, 8 * hidden))],
+    )
+
+
+def gru():
+    hidden, inp = 16, 12
+    return make_model(
+        [helper.make_node("GRU", ["x", "W", "R"], ["y", "h"], hidden_size=hidden)],
+        [("x", F, [5, 2, inp])], [("y", F, [5, 1, 2, hidden]), ("h", F, [1, 2, hidden])],
+        [("W", weight(1, 3 * hidden, inp)), ("R", weight(1, 3 * hidden, hidden))],
+    )
+
+
+def elementwise_and_einsum():
+    return make_model(
+        [
+            helper.make_node("Mul", ["x", "S"], ["a"]),
+            helper.make_node("Add", ["a", "S"], ["b"]),  # S is shared by two consumers: decoded once
+            helper.make_node("Einsum", ["b", "W"], ["y"], equation="bij,jk->bik"),
+        ],
+        [("x", F, [2, 30, 40])], [("y", F, [2, 30, 24])], [("S", weight(30, 40)), ("W", weight(40, 24))],
+    )
+
+
+def constant_node():
+    """Weights kept in Constant nodes, with no initializers at all (as Paddle exports do)."""
+    w = weight(48, 40)
+    const = helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w, "W"))
+    return make_model([const, helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", F, [3, 48])], [("y", F, [3, 40])])
+
+
+def if_branch():
+    """A main-graph weight read only inside both branches of an If."""
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", F, [3, 40])])
+    else_g = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("MatMul", ["xs", "W"], ["e"])],
+                               "else", [], [helper.make_tensor_value_info("e", F, [3, 40])])
+    return make_model(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
+        [("cond", TensorProto.BOOL, []), ("x", F, [3, 48])], [("y", F, [3, 40])],
+        [("W", weight(48, 40)), ("s", np.array([2.0], dtype=np.float32))],
+    )
+
+
+def float16_and_double():
+    return make_model(
+        [
+            helper.make_node("MatMul", ["x16", "W16"], ["y16"]),
+            helper.make_node("MatMul", ["x64", "W64"], ["y64"]),
+        ],
+        [("x16", TensorProto.FLOAT16, [3, 48]), ("x64", TensorProto.DOUBLE, [3, 48])],
+        [("y16", TensorProto.FLOAT16, [3, 40]), ("y64", TensorProto.DOUBLE, [3, 40])],
+        [("W16", weight(48, 40, dtype=np.float16)), ("W64", weight(48, 40, dtype=np.float64))],
+    )
+
+
+ALL = {
+    "matmul": matmul,
+    "gemm_transB": lambda: gemm(1),
+    "gemm": lambda: gemm(0),
+    "conv": conv,
+    "conv_transpose": conv_transpose,
+    "embedding": embedding,
+    "lstm": lstm,
+    "gru": gru,
+    "mul_add_einsum": elementwise_and_einsum,
+    "constant_node": constant_node,
+    "if_branch": if_branch,
+    "float16_float64": float16_and_double,
+}
+
+
+def feed_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for inp in model.graph.input:
+        tt = inp.type.tensor_type
+        shape = [d.dim_value if d.dim_value > 0 else 3 for d in tt.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if dtype == np.bool_:
+            feed[inp.name] = np.array(bool(seed % 2))
+        elif dtype.kind == "i":
+            feed[inp.name] = rng.integers(0, 300, size=shape).astype(dtype)
+        else:
+            feed[inp.name] = rng.normal(size=shape).astype(dtype)
+    return feed

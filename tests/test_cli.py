@@ -1,0 +1,193 @@
+"""The command line: every bad input is one line on stderr, exit code 2, nothing written, and
+the input untouched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxcompress import cli
+
+from models import ALL
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save_model(ALL["conv"](), str(path))
+    return path
+
+
+def run_cli(args, capsys):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_bad_input(args, capsys, tmp_path, match, protected=()):
+    before = {p: p.read_bytes() for p in protected}
+    files_before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run_cli(args, capsys)
+    assert code == 2, (out, err)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert match in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files_before  # nothing written
+    for p, data in before.items():
+        assert p.read_bytes() == data  # input untouched
+
+
+def test_missing_file(tmp_path, capsys):
+    assert_bad_input([tmp_path / "nope.onnx"], capsys, tmp_path, "no such file")
+
+
+def test_directory(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    assert_bad_input([tmp_path / "d"], capsys, tmp_path, "is a directory")
+
+
+def test_empty_file(tmp_path, capsys):
+    p = tmp_path / "empty.onnx"
+    p.write_bytes(b"")
+    assert_bad_input([p], capsys, tmp_path, "is empty", [p])
+
+
+def test_truncated_model(tmp_path, capsys, model_path):
+    p = tmp_path / "cut.onnx"
+    p.write_bytes(model_path.read_bytes()[: model_path.stat().st_size // 2])
+    assert_bad_input([p], capsys, tmp_path, "not a readable ONNX model", [p, model_path])
+
+
+def test_random_bytes(tmp_path, capsys):
+    p = tmp_path / "noise.onnx"
+    p.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    assert_bad_input([p], capsys, tmp_path, "ONNX", [p])
+
+
+def test_protobuf_that_is_not_a_model(tmp_path, capsys):
+    p = tmp_path / "tensor.onnx"
+    p.write_bytes(numpy_helper.from_array(np.zeros(10, np.float32), "t").SerializeToString())
+    assert_bad_input([p], capsys, tmp_path, "ONNX", [p])
+
+
+def test_missing_external_data(tmp_path, capsys):
+    p = tmp_path / "ext.onnx"
+    onnx.save_model(ALL["conv"](), str(p), save_as_external_data=True, location="ext.data", size_threshold=0)
+    (tmp_path / "ext.data").unlink()
+    assert_bad_input([p], capsys, tmp_path, "ext.data, which is missing", [p])
+
+
+def test_nothing_to_compress(tmp_path, capsys, model_path):
+    assert_bad_input([model_path], capsys, tmp_path, "nothing to compress", [model_path])
+
+
+def test_opset_onnxruntime_cannot_run(tmp_path, capsys):
+    m = ALL["matmul"]()
+    m.opset_import[0].version = 40
+    p = tmp_path / "future.onnx"
+    p.write_bytes(m.SerializeToString())
+    assert_bad_input([p, "--min-elements", 64], capsys, tmp_path, "cannot load the original model", [p])
+
+
+def test_output_in_a_missing_folder(tmp_path, capsys, model_path):
+    assert_bad_input([model_path, "-o", tmp_path / "no" / "out.onnx", "--min-elements", 64], capsys, tmp_path,
+                     "does not exist", [model_path])
+
+
+def test_existing_output_needs_force(tmp_path, capsys, model_path):
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"keep me")
+    assert_bad_input([model_path, "-o", out, "--min-elements", 64], capsys, tmp_path, "--force", [model_path, out])
+    code, _, _ = run_cli([model_path, "-o", out, "--min-elements", 64, "--force", "-q"], capsys)
+    assert code == 0 and onnx.load(str(out)).graph.node
+
+
+def test_output_over_the_input_is_refused(tmp_path, capsys, model_path):
+    assert_bad_input([model_path, "-o", model_path, "--force", "--min-elements", 64], capsys, tmp_path, "is the input", [model_path])
+
+
+@pytest.mark.parametrize(
+    "flags,match",
+    [
+        (["--granularity", "rows"], "--granularity"),
+        (["--include", "("], "not a valid regular expression"),
+        (["--target-ort", "latest"], "--target-ort"),
+    ],
+)
+def test_bad_options(tmp_path, capsys, model_path, flags, match):
+    assert_bad_input([model_path, "--min-elements", 64, *flags], capsys, tmp_path, match, [model_path])
+
+
+def test_bad_inputs_file(tmp_path, capsys, model_path):
+    bad = tmp_path / "inputs.npz"
+    bad.write_bytes(b"not npz")
+    assert_bad_input([model_path, "--min-elements", 64, "--inputs", bad], capsys, tmp_path, "--inputs", [model_path, bad])
+
+
+def test_inputs_that_the_model_rejects(tmp_path, capsys, model_path):
+    feeds = tmp_path / "inputs.npz"
+    np.savez(feeds, wrong_name=np.zeros((1, 8, 12, 12), np.float32))
+    assert_bad_input([model_path, "--min-elements", 64, "--inputs", feeds], capsys, tmp_path, "check the --inputs file",
+                     [model_path, feeds])
+
+
+def test_bits_out_of_range_is_an_argparse_error(model_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(model_path), "--bits", "9"])
+    assert e.value.code == 2
+
+
+def test_broken_result_exits_1_and_is_removed(tmp_path, capsys, model_path, monkeypatch):
+    import onnxcompress.api as c
+
+    real = c.rewrite_graph
+
+    def broken(*a, **k):
+        m = real(*a, **k)
+        m.graph.node[-1].op_type = "NoSuchOp"
+        return m
+
+    monkeypatch.setattr(c, "rewrite_graph", broken)
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli([model_path, "-o", out, "--min-elements", 64], capsys)
+    assert code == 1 and "verification failed" in err and not out.exists()
+
+
+def test_success_writes_output_and_json_report(tmp_path, capsys, model_path):
+    code, out, _ = run_cli([model_path, "--min-elements", 64, "--bits", 4, "--report", tmp_path / "r.json"], capsys)
+    assert code == 0
+    written = tmp_path / "model.compressed.onnx"
+    assert written.exists()
+    assert "Compressed tensors" in out and "smaller" in out and "cosine" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["tensors"][0]["bits"] == 4 and report["verified"]
+    onnx.checker.check_model(str(written), full_check=True)
+
+
+def test_inspect_writes_nothing(tmp_path, capsys, model_path):
+    code, out, _ = run_cli(["inspect", model_path, "--min-elements", 64], capsys)
+    assert code == 0 and "8 bits" in out and "W" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_demo_reports_accuracy(capsys):
+    code, out, _ = run_cli(["demo", "-q"], capsys)
+    assert code == 0
+    line = [line for line in out.splitlines() if "accuracy" in line][0]
+    before, after = [float(v.rstrip("%")) for v in line.split(":")[1].split()[0:3:2]]
+    assert before > 95 and after > before - 1.5
+
+
+def test_version_help_and_module_entry_point():
+    from onnxcompress import __version__
+
+    r = subprocess.run([sys.executable, "-m", "onnxcompress", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and __version__ in r.stdout
+    r = subprocess.run([sys.executable, "-m", "onnxcompress", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--bits" in r.stdout and "inspect" in r.stdout and "exit codes" in r.stdout

@@ -1,0 +1,169 @@
+"""End to end: compress small real graphs and check them in onnxruntime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxcompress as oc
+from onnxcompress.encode import encode_codebook
+from onnxcompress.options import CodebookOptions, SelectOptions
+from onnxcompress.rewrite import substitute_decoded
+from onnxcompress.select import select_weights
+
+from models import ALL, feed_for
+
+
+def run(model: onnx.ModelProto, feed):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def reference_with_decoded_weights(model, bits, granularity):
+    """The original model with every compressed weight replaced by its decoded value."""
+    opts = CodebookOptions(bits=bits, granularity=granularity)
+    sel = select_weights(model, SelectOptions(min_elements=64))
+    return substitute_decoded(model, [(s, encode_codebook(s.array, opts, s.channel_axis())) for s in sel.weights])
+
+
+@pytest.mark.parametrize("bits,granularity", [(8, "tensor"), (4, "tensor"), (3, "channel"), (5, "group:50"), (1, "tensor")])
+@pytest.mark.parametrize("kind", sorted(ALL))
+def test_outputs_match_decoded_weights(kind, bits, granularity):
+    model = ALL[kind]()
+    onnx.checker.check_model(model, full_check=True)
+    result = oc.compress(model, bits=bits, granularity=granularity, min_elements=64, verify=False)
+    out = result.model
+    onnx.checker.check_model(out, full_check=True)
+    assert result.report.tensors, "something was compressed"
+    reference = reference_with_decoded_weights(model, bits, granularity)
+    for seed in (0, 1):
+        feed = feed_for(model, seed)
+        got, want, orig = run(out, feed), run(reference, feed), run(model, feed)
+        for g, w, o in zip(got, want, orig):
+            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=1e-5, atol=1e-6)
+            if bits == 8:
+                rel = np.linalg.norm(g.astype(np.float64) - o) / max(np.linalg.norm(o.astype(np.float64)), 1e-12)
+                assert rel < 0.05
+
+
+def test_weight_shared_by_two_consumers_is_decoded_once():
+    model = ALL["mul_add_einsum"]()
+    out = oc.compress(model, min_elements=64, verify=False).model
+    gathers = [n for n in out.graph.node if n.op_type == "Gather"]
+    assert len(gathers) == 2  # S and W, once each
+    assert not {i.name for i in out.graph.initializer} & {"S", "W"}
+
+
+def test_constant_node_weights_are_replaced():
+    out = oc.compress(ALL["constant_node"](), min_elements=64, verify=False).model
+    assert not [n for n in out.graph.node if n.op_type == "Constant"]
+    assert any(n.op_type == "Gather" and n.output for n in out.graph.node)
+
+
+def test_if_branch_reads_the_decoded_outer_weight():
+    model = ALL["if_branch"]()
+    out = oc.compress(model, min_elements=64, verify=False).model
+    assert "W" not in {i.name for i in out.graph.initializer}
+    for cond in (True, False):
+        feed = feed_for(model)
+        feed["cond"] = np.array(cond)
+        np.testing.assert_allclose(run(out, feed)[0], run(model, feed)[0], rtol=0.05, atol=0.05)
+
+
+def test_channel_axis_follows_the_consumer():
+    model = ALL["gemm"]()  # transB=0: B is [K, N], output channels are columns
+    sel = select_weights(model, SelectOptions(min_elements=64))
+    assert sel.weights[0].channel_axis() == 1
+    model = ALL["gemm_transB"]()
+    assert select_weights(model, SelectOptions(min_elements=64)).weights[0].channel_axis() == 0
+    assert select_weights(ALL["matmul"](), SelectOptions(min_elements=64)).weights[0].channel_axis() == 1
+
+
+def test_report_sizes_metadata_and_verification(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save_model(ALL["conv"](), str(path))
+    before = path.read_bytes()
+    out = tmp_path / "out.onnx"
+    result = oc.compress(path, out, bits=4, min_elements=64, report_json=tmp_path / "r.json")
+    assert path.read_bytes() == before  # the input is never modified
+    rep = result.report
+    assert rep.verified and rep.outputs and rep.outputs[0].cosine > 0.9
+    assert rep.file_bytes_after == out.stat().st_size < rep.file_bytes_before
+    t = rep.tensors[0]
+    assert (t.name, t.bits, t.consumers) == ("W", 4, ["Conv"])
+    assert t.bytes_after == (16 * 8 * 9 * 4 + 7) // 8 + 16 * 4
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["onnxcompress.method"] == "codebook"
+    assert json.loads(meta["onnxcompress.tensors"])["W"]["bits"] == 4
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["tensors"][0]["name"] == "W" and data["ratio"] == pytest.approx(rep.ratio)
+
+
+def test_model_metadata_and_ir_version_are_kept():
+    model = ALL["matmul"]()
+    model.metadata_props.add(key="character", value="abc")
+    out = oc.compress(model, min_elements=64, verify=False).model
+    meta = {p.key: p.value for p in out.metadata_props}
+    assert meta["character"] == "abc"
+    assert out.ir_version == model.ir_version
+    assert [(o.domain, o.version) for o in out.opset_import] == [("", 17)]
+
+
+def test_sub_byte_codebooks_need_opset_11():
+    old = ALL["matmul"]()
+    old.opset_import[0].version = 10
+    old.ir_version = 5
+    with pytest.raises(oc.CompressError, match="opset 11"):
+        oc.compress(old, bits=4, min_elements=64, verify=False)
+    # 8-bit tensor codebooks need only Cast, Gather and Reshape
+    out = oc.compress(old, bits=8, min_elements=64, verify=False).model
+    assert out.opset_import[0].version == 10
+    feed = feed_for(old)
+    np.testing.assert_allclose(run(out, feed)[0], run(old, feed)[0], rtol=0.05, atol=0.05)
+
+
+def test_opset_conversion_only_on_request():
+    old = ALL["matmul"]()
+    old.opset_import[0].version = 10
+    old.ir_version = 5
+    out = oc.compress(old, bits=4, min_elements=64, opset=13, verify=False).model
+    assert out.opset_import[0].version == 13
+    assert oc.compress(ALL["matmul"](), min_elements=64, verify=False).model.opset_import[0].version == 17
+
+
+def test_kmeans_exact_and_binned_are_both_available():
+    model = ALL["matmul"]()
+    exact = oc.compress(model, min_elements=64, kmeans="exact", verify=False).report.tensors[0]
+    binned = oc.compress(model, min_elements=64, kmeans="binned", verify=False).report.tensors[0]
+    assert (exact.method, binned.method) == ("exact", "binned")
+    assert exact.rel_error <= binned.rel_error * (1 + 1e-9)
+    assert binned.rel_error <= exact.rel_error * 1.05
+
+
+def test_include_exclude_and_skipped_reasons():
+    model = ALL["mul_add_einsum"]()
+    rep = oc.compress(model, min_elements=64, exclude="^S$", verify=False).report
+    assert [t.name for t in rep.tensors] == ["W"]
+    assert rep.skipped == [{"name": "S", "shape": [30, 40], "reason": "matched by --exclude"}]
+    rep = oc.compress(model, min_elements=64, include="^S$", verify=False).report
+    assert [t.name for t in rep.tensors] == ["S"]
+
+
+def test_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError, match="unknown option"):
+        oc.compress(ALL["matmul"](), bitz=4)
+
+
+def test_inspect_lists_bytes_and_errors_per_bit_width():
+    candidates, _ = oc.inspect(ALL["conv"](), min_elements=64)
+    c = candidates[0]
+    errors = [c.by_bits[b][1] for b in range(1, 9)]
+    assert all(a >= b for a, b in zip(errors, errors[1:]))  # more bits, less error
+    assert c.by_bits[8][0] == 16 * 8 * 9 + 256 * 4
+    # the 4-bit prediction equals what compress does
+    got = oc.compress(ALL["conv"](), bits=4, min_elements=64, verify=False).report.tensors[0].rel_error
+    assert got == pytest.approx(c.by_bits[4][1], rel=1e-6)
