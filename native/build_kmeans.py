@@ -4,6 +4,7 @@ setup.py names it in ``cffi_modules``; a signature that does not match kmeans1d.
 build, not a call at run time. The result is the bindings module
 ``onnxcompress._kmeans_native``, which exposes only ``ffi`` and ``lib``.
 """
+
 import sys
 
 from cffi import FFI

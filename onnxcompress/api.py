@@ -123,7 +123,7 @@ def encode_all(weights: list[WeightSite], options: CodebookOptions, progress: bo
         task = bar.add_task("encoding", total=len(order)) if bar else None
         futures = [pool.submit(encode_codebook, w.array, options, w.channel_axis()) for w in order]
         results = {}
-        for w, f in zip(order, futures):
+        for w, f in zip(order, futures, strict=True):
             results[w.name] = f.result()
             if bar:
                 bar.advance(task)
@@ -146,7 +146,7 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 def _original_session(loaded: LoadedModel, source: onnx.ModelProto, converted: bool):
     try:
-        if loaded.path is not None and not converted and source.ByteSize() > 2**31 - 2**20:
+        if loaded.path is not None and not converted:  # from the file: no re-serialization
             return session(loaded.path, "the original model")
         return session(source, "the original model")
     except VerificationError as e:
@@ -154,9 +154,6 @@ def _original_session(loaded: LoadedModel, source: onnx.ModelProto, converted: b
 
 
 def _tensor_report(site: WeightSite, cb: Codebook) -> TensorReport:
-    w = site.array.astype(np.float64)
-    err = float(np.linalg.norm(cb.decoded().astype(np.float64) - w))
-    norm = float(np.linalg.norm(w))
     return TensorReport(
         name=site.name,
         shape=list(site.array.shape),
@@ -165,9 +162,10 @@ def _tensor_report(site: WeightSite, cb: Codebook) -> TensorReport:
         layout=cb.layout if cb.layout != "group" else f"group:{cb.group_size}",
         method=cb.method,
         bytes_before=site.array.size * onnx.helper.tensor_dtype_to_np_dtype(site.onnx_dtype).itemsize
-        if site.onnx_dtype != onnx.TensorProto.BFLOAT16 else site.array.size * 2,
+        if site.onnx_dtype != onnx.TensorProto.BFLOAT16
+        else site.array.size * 2,
         bytes_after=cb.index_bytes() + cb.codebook_bytes(),
-        rel_error=err / norm if norm > 0 else err,
+        rel_error=cb.rel_error,
         seconds=cb.seconds,
     )
 
@@ -177,8 +175,14 @@ def _progress(enabled: bool):
         return _NoProgress()
     from rich.console import Console
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} tensors"),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tensors"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 class _NoProgress:

@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         make_console(stderr=True).print(f"[bold red]onnxcompress: error:[/bold red] {e}", highlight=False, soft_wrap=True)
         return 2
     except VerificationError as e:
-        make_console(stderr=True).print(f"[bold red]onnxcompress: verification failed:[/bold red] {e}", highlight=False, soft_wrap=True)
+        make_console(stderr=True).print(
+            f"[bold red]onnxcompress: verification failed:[/bold red] {e}", highlight=False, soft_wrap=True
+        )
         return 1
     except KeyboardInterrupt:
         return 130
@@ -88,8 +90,11 @@ def _run_compress(args: argparse.Namespace, model, output) -> int:
 def _inspect(argv: list[str]) -> int:
     from .api import inspect
 
-    p = argparse.ArgumentParser(prog="onnxcompress inspect", description="List the weights onnxcompress would compress and "
-                                "what each bit width would give (bytes, relative weight error). Writes nothing.")
+    p = argparse.ArgumentParser(
+        prog="onnxcompress inspect",
+        description="List the weights onnxcompress would compress and "
+        "what each bit width would give (bytes, relative weight error). Writes nothing.",
+    )
     p.add_argument("model", type=Path)
     p.add_argument("--kmeans", choices=["auto", "exact", "binned"], default="auto")
     add_arguments_select(p)
@@ -97,7 +102,9 @@ def _inspect(argv: list[str]) -> int:
     sel = {k: getattr(args, k) for k in ("min_elements", "include", "exclude")}
     candidates, selection = inspect(args.model, kmeans=args.kmeans, **sel)
     console = make_console()
-    t = Table(title=f"{args.model}: {len(candidates)} candidate weights (bytes after / relative weight error)", title_justify="left")
+    t = Table(
+        title=f"{args.model}: {len(candidates)} candidate weights (bytes after / relative weight error)", title_justify="left"
+    )
     t.add_column("tensor", overflow="fold")
     t.add_column("shape")
     t.add_column("used by")
@@ -105,8 +112,13 @@ def _inspect(argv: list[str]) -> int:
     for bits in (8, 6, 4, 3, 2, 1):
         t.add_column(f"{bits} bits", justify="right")
     for c in sorted(candidates, key=lambda c: -c.bytes):
-        t.add_row(c.name, "x".join(map(str, c.shape)), ",".join(c.consumers), f"{c.bytes:,}",
-                  *[f"{c.by_bits[b][0]:,} / {c.by_bits[b][1]:.1e}" for b in (8, 6, 4, 3, 2, 1)])
+        t.add_row(
+            c.name,
+            "x".join(map(str, c.shape)),
+            ",".join(c.consumers),
+            f"{c.bytes:,}",
+            *[f"{c.by_bits[b][0]:,} / {c.by_bits[b][1]:.1e}" for b in (8, 6, 4, 3, 2, 1)],
+        )
     console.print(t)
     for s in selection.skipped:
         console.print(f"left alone: {s.name} {list(s.shape)}: {s.reason}")
@@ -138,6 +150,8 @@ def _demo(argv: list[str]) -> int:
         output = args.output or Path(tmp) / "digits_mlp.compressed.onnx"
         _run_compress(args, example_model(), output)
         before, after = accuracy(example_model(), pixels, labels), accuracy(output, pixels, labels)
-        make_console().print(f"accuracy on {len(labels)} held-out digits: [bold]{before:.2%} -> {after:.2%}[/bold]"
-                        + ("" if args.output else "  (pass -o PATH to keep the compressed model)"))
+        make_console().print(
+            f"accuracy on {len(labels)} held-out digits: [bold]{before:.2%} -> {after:.2%}[/bold]"
+            + ("" if args.output else "  (pass -o PATH to keep the compressed model)")
+        )
     return 0

@@ -5,7 +5,7 @@ Indices are stored at exactly `bits` bits each, split into bit planes of width 4
 (bits = 7 is 4 + 2 + 1). A plane of width w holds 8/w values per byte, in plane-major order:
 byte i holds values i, N + i, 2N + i, ... in bits [0, w), [w, 2w), ... Two BitShift nodes
 with broadcast shift amounts unpack a whole plane (opset 11, onnxruntime 1.16+). The index
-becomes INT32 (Gather rejects uint8; INT64 costs more peak memory at load), then Gather
+becomes INT32 once (Gather rejects uint8; INT64 costs more peak memory at load), then Gather
 (one codebook) or GatherElements (one per channel or group) looks the values up.
 onnxruntime folds all of it into a plain initializer at load.
 """
@@ -50,7 +50,13 @@ def min_opset(cb: Codebook) -> int:
 
 
 def build_decoder(cb: Codebook, name: str, out: gs.Variable, onnx_dtype: int, opset: int) -> list[gs.Node]:
-    """Nodes that compute `out` (named like the weight) from constants only."""
+    """Nodes that compute `out` (named like the weight) from constants only.
+
+    onnxruntime keeps every folded intermediate until its folding pass ends, so the load-time
+    peak grows with each 4-byte-per-value tensor here: the indices stay uint8 (already in the
+    weight's shape at 8 bits; planes combined with uint8 Add from opset 14) until one Cast to
+    INT32, and Gather then yields the weight's shape directly, with no Reshape of floats.
+    """
     need = min_opset(cb)
     if opset < need:
         raise CompressError(
@@ -58,47 +64,73 @@ def build_decoder(cb: Codebook, name: str, out: gs.Variable, onnx_dtype: int, op
             f"has opset {opset}; use --bits 8 --granularity tensor, or convert with --opset {need}"
         )
     b = _Builder(name)
-    flat = cb.labels.reshape(-1)
-    total = flat.size
+    index_shape = cb.shape if cb.layout == "tensor" else cb.labels.shape
     if cb.bits == 8:
-        idx = b.node("Cast", [b.const("indices", flat)], attrs={"to": onnx.TensorProto.INT32})
+        idx = b.node("Cast", [b.const("indices", cb.labels.reshape(index_shape))], attrs={"to": onnx.TensorProto.INT32})
     else:
-        parts = []
-        for width, offset in plane_widths(cb.bits):
-            field = (flat >> offset) & ((1 << width) - 1)
-            packed = b.const(f"indices{width}", pack_plane(field, width))
-            per_byte = 8 // width
-            lefts = np.array([8 - width * (j + 1) for j in range(per_byte)], dtype=np.uint8).reshape(per_byte, 1)
-            x = b.node("BitShift", [packed, b.const(f"shl{width}", lefts)], attrs={"direction": "LEFT"})
-            x = b.node("BitShift", [x, b.const(f"shr{width}", np.array([8 - width], dtype=np.uint8))], attrs={"direction": "RIGHT"})
-            x = b.node("Reshape", [x, b.const("flat", np.array([-1], dtype=np.int64))])
-            if per_byte * packed.shape[1] != total:
-                x = b.node("Slice", [x, b.const("start", np.array([0], dtype=np.int64)), b.const(f"len{total}", np.array([total], dtype=np.int64))])
-            x = b.node("Cast", [x], attrs={"to": onnx.TensorProto.INT32})
-            if offset:
-                x = b.node("Mul", [x, b.const(f"scale{offset}", np.array([1 << offset], dtype=np.int32))])
-            parts.append(x)
-        idx = parts[0]
-        for p in parts[1:]:
-            idx = b.node("Add", [idx, p])
+        idx = _unpack(b, cb.labels.reshape(-1), cb.bits, index_shape, opset)
     if cb.layout == "tensor":
         vals = b.node("Gather", [b.const("codebook", cb.centroids[0]), idx], attrs={"axis": 0})
     else:
-        idx = b.node("Reshape", [idx, b.const("grouped", np.array(cb.labels.shape, dtype=np.int64))])
         vals = b.node("GatherElements", [b.const("codebook", cb.centroids), idx], attrs={"axis": 1})
-    if cb.layout == "channel" and cb.axis != 0:
-        moved = np.moveaxis(np.empty(cb.shape, dtype=np.bool_), cb.axis, 0).shape
-        vals = b.node("Reshape", [vals, b.const("moved", np.array(moved, dtype=np.int64))])
-        perm = list(range(1, len(cb.shape)))
-        perm.insert(cb.axis, 0)
-        vals = b.node("Transpose", [vals], attrs={"perm": perm})
-    elif cb.layout == "group" and cb.labels.size != cb.n_values:
-        vals = b.node("Reshape", [vals, b.const("flat", np.array([-1], dtype=np.int64))])
-        vals = b.node("Slice", [vals, b.const("start", np.array([0], dtype=np.int64)), b.const("count", np.array([cb.n_values], dtype=np.int64))])
+        if cb.layout == "channel":
+            moved = np.moveaxis(np.empty(cb.shape, dtype=np.bool_), cb.axis, 0).shape
+            vals = b.node("Reshape", [vals, b.const("moved", np.array(moved, dtype=np.int64))])
+            if cb.axis != 0:
+                perm = list(range(1, len(cb.shape)))
+                perm.insert(cb.axis, 0)
+                vals = b.node("Transpose", [vals], attrs={"perm": perm})
+        else:
+            if cb.labels.size != cb.n_values:
+                vals = b.node("Reshape", [vals, b.const("flat", np.array([-1], dtype=np.int64))])
+                vals = b.node(
+                    "Slice",
+                    [
+                        vals,
+                        b.const("start", np.array([0], dtype=np.int64)),
+                        b.const("count", np.array([cb.n_values], dtype=np.int64)),
+                    ],
+                )
+            vals = b.node("Reshape", [vals, b.const("shape", np.array(cb.shape, dtype=np.int64))])
     if onnx.helper.np_dtype_to_tensor_dtype(cb.centroids.dtype) != onnx_dtype:
-        vals = b.node("Cast", [vals], attrs={"to": onnx_dtype})
-    b.node("Reshape", [vals, b.const("shape", np.array(cb.shape, dtype=np.int64))], out=out)
+        b.node("Cast", [vals], attrs={"to": onnx_dtype})
+    b.nodes[-1].outputs = [out]
     return b.nodes
+
+
+def _unpack(b: _Builder, flat: np.ndarray, bits: int, shape: tuple[int, ...], opset: int) -> gs.Variable:
+    """INT32 indices of the given shape from bit planes of width 4, 2, 1."""
+    total = flat.size
+    combined = None
+    in_uint8 = opset >= 14  # Add takes uint8 from opset 14; before that, combine in INT32
+    for width, offset in plane_widths(bits):
+        field = (flat >> offset) & ((1 << width) - 1)
+        packed = pack_plane(field, width)
+        per_byte = 8 // width
+        lefts = np.array([8 - width * (j + 1) for j in range(per_byte)], dtype=np.uint8).reshape(per_byte, 1)
+        x = b.node("BitShift", [b.const(f"indices{width}", packed), b.const(f"shl{width}", lefts)], attrs={"direction": "LEFT"})
+        x = b.node("BitShift", [x, b.const(f"shr{width}", np.array([8 - width], dtype=np.uint8))], attrs={"direction": "RIGHT"})
+        x = b.node("Reshape", [x, b.const("flat", np.array([-1], dtype=np.int64))])
+        if per_byte * packed.shape[1] != total:
+            x = b.node(
+                "Slice",
+                [x, b.const("start", np.array([0], dtype=np.int64)), b.const(f"len{total}", np.array([total], dtype=np.int64))],
+            )
+        if offset:
+            if in_uint8:
+                x = b.node(
+                    "BitShift", [x, b.const(f"up{offset}", np.array([offset], dtype=np.uint8))], attrs={"direction": "LEFT"}
+                )
+            else:
+                x = b.node("Cast", [x], attrs={"to": onnx.TensorProto.INT32})
+                x = b.node("Mul", [x, b.const(f"scale{offset}", np.array([1 << offset], dtype=np.int32))])
+        elif not in_uint8:
+            x = b.node("Cast", [x], attrs={"to": onnx.TensorProto.INT32})
+        combined = x if combined is None else b.node("Add", [combined, x])
+    combined = b.node("Reshape", [combined, b.const("index_shape", np.array(shape, dtype=np.int64))])
+    if in_uint8:
+        combined = b.node("Cast", [combined], attrs={"to": onnx.TensorProto.INT32})
+    return combined
 
 
 class _Builder:

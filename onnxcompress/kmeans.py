@@ -71,7 +71,9 @@ def kmeans1d(
     """Cluster the values of ``x`` (any shape) into at most ``k`` groups, optimally.
 
     ``weights`` (same shape, non-negative) scale each value's squared error; values with
-    weight 0 do not move the centroids and are labelled with the nearest one.
+    weight 0 do not move the centroids and are labelled with the nearest one. Weights are
+    summed in double precision, so the result is exact while positive weights span less than
+    about 1e12 of each other; a far smaller weight acts as zero up to rounding.
     Raises ValueError for NaN or infinite values, bad weights, empty input or k < 1.
     """
     values, wts = _prepare(x, weights)
@@ -123,9 +125,7 @@ def _as_float_array(a: ArrayLike, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)  # no copy when already contiguous
 
 
-def _run(
-    values: np.ndarray, k: int, wts: np.ndarray | None, table_budget: int, shape: tuple[int, ...]
-) -> BatchedKMeansResult:
+def _run(values: np.ndarray, k: int, wts: np.ndarray | None, table_budget: int, shape: tuple[int, ...]) -> BatchedKMeansResult:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"k must be an integer; got {k!r}")
     k = int(k)

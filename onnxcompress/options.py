@@ -46,7 +46,9 @@ class CodebookOptions:
     granularity: str = _opt(
         "tensor", "one codebook per tensor, per output channel, or per N consecutive values", metavar="tensor|channel|group:N"
     )
-    codebook_dtype: str = _opt("auto", "how codebook values are stored (auto: the weight's own float type)", choices=["auto", "float32", "float16"])
+    codebook_dtype: str = _opt(
+        "auto", "how codebook values are stored (auto: the weight's own float type)", choices=["auto", "float32", "float16"]
+    )
     kmeans: str = _opt(
         "auto",
         "exact: the optimal DP on every tensor; binned: DP over fp16 bins + an exact Lloyd polish "
@@ -79,6 +81,10 @@ class TargetOptions:
     def validate(self) -> None:
         if not re.fullmatch(r"\d+\.\d+(\.\d+)?", self.target_ort):
             raise CompressError(f"--target-ort must look like 1.16 or 1.24.4; got {self.target_ort!r}")
+        if self.ort_version() < (1, 16):
+            raise CompressError(
+                f"--target-ort {self.target_ort}: the decoders are verified on onnxruntime 1.16 and later; use 1.16 or newer"
+            )
 
     def ort_version(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.target_ort.split("."))

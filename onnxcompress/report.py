@@ -54,12 +54,28 @@ class Report:
     def render(self, console: Console | None = None) -> None:
         console = console or make_console()
         t = Table(title=f"Compressed tensors ({len(self.tensors)})", title_justify="left")
-        for col, just in [("tensor", "left"), ("shape", "left"), ("used by", "left"), ("bits", "right"),
-                          ("k-means", "left"), ("before", "right"), ("after", "right"), ("weight error", "right")]:
+        for col, just in [
+            ("tensor", "left"),
+            ("shape", "left"),
+            ("used by", "left"),
+            ("bits", "right"),
+            ("k-means", "left"),
+            ("before", "right"),
+            ("after", "right"),
+            ("weight error", "right"),
+        ]:
             t.add_column(col, justify=just, overflow="fold", no_wrap=col != "tensor")
         for r in sorted(self.tensors, key=lambda r: -r.bytes_before):
-            t.add_row(r.name, "x".join(map(str, r.shape)), ",".join(r.consumers), f"{r.bits} {r.layout}",
-                      r.method, human(r.bytes_before), human(r.bytes_after), f"{r.rel_error:.2e}")
+            t.add_row(
+                r.name,
+                "x".join(map(str, r.shape)),
+                ",".join(r.consumers),
+                f"{r.bits} {r.layout}",
+                r.method,
+                human(r.bytes_before),
+                human(r.bytes_after),
+                f"{r.rel_error:.2e}",
+            )
         console.print(t)
         if self.skipped:
             s = Table(title=f"Left alone ({len(self.skipped)})", title_justify="left")

@@ -26,7 +26,9 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def rewrite_graph(model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebook]], method: str = "codebook") -> onnx.ModelProto:
+def rewrite_graph(
+    model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebook]], method: str = "codebook"
+) -> onnx.ModelProto:
     opset = default_opset(model)
     graph = gs.import_onnx(model)
     tensors = _tensors_by_name(graph)
@@ -52,11 +54,14 @@ def rewrite_graph(model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebo
     result = gs.export_onnx(graph, do_type_check=False)
     _restore_model_fields(model, result)
     tensors_meta = {site.name: {"bits": cb.bits, "layout": cb.layout, "k": cb.k} for site, cb in encoded}
-    _set_metadata(result, {
-        "onnxcompress.version": __version__,
-        "onnxcompress.method": method,
-        "onnxcompress.tensors": json.dumps(tensors_meta, separators=(",", ":")),
-    })
+    _set_metadata(
+        result,
+        {
+            "onnxcompress.version": __version__,
+            "onnxcompress.method": method,
+            "onnxcompress.tensors": json.dumps(tensors_meta, separators=(",", ":")),
+        },
+    )
     return result
 
 

@@ -41,8 +41,14 @@ def save_model(model: onnx.ModelProto, path: Path) -> int:
             if external:
                 to_save = onnx.ModelProto()
                 to_save.CopyFrom(model)
-                onnx.save_model(to_save, str(tmp / path.name), save_as_external_data=True,
-                                all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+                onnx.save_model(
+                    to_save,
+                    str(tmp / path.name),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=data_name,
+                    size_threshold=1024,
+                )
             else:
                 onnx.save_model(model, str(tmp / path.name))
         except OSError as e:

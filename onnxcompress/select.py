@@ -22,14 +22,43 @@ FLOAT_TYPES = {
 # Inputs that are shapes, axes, indices, scales, pads, thresholds or quantization parameters,
 # not data: a weight read there is never touched.
 NON_DATA_INPUTS: dict[str, set[int]] = {
-    "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3},
-    "Resize": {1, 2, 3}, "Upsample": {1}, "TopK": {1}, "ConstantOfShape": {0}, "Range": {0, 1, 2},
-    "Squeeze": {1}, "Unsqueeze": {1}, "Split": {1}, "CumSum": {1}, "Clip": {1, 2}, "Dropout": {1, 2},
-    "Gather": {1}, "GatherElements": {1}, "GatherND": {1}, "ScatterElements": {1}, "ScatterND": {1},
-    "OneHot": {0, 1, 2}, "NonMaxSuppression": {2, 3, 4}, "RoiAlign": {1, 2},
-    "QuantizeLinear": {0, 1, 2}, "DequantizeLinear": {0, 1, 2}, "DynamicQuantizeLinear": {0},
-    "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
-    "ReduceL1": {1}, "ReduceL2": {1}, "ReduceLogSum": {1}, "ReduceLogSumExp": {1}, "ReduceSumSquare": {1},
+    "Reshape": {1},
+    "Expand": {1},
+    "Tile": {1},
+    "Slice": {1, 2, 3, 4},
+    "Pad": {1, 2, 3},
+    "Resize": {1, 2, 3},
+    "Upsample": {1},
+    "TopK": {1},
+    "ConstantOfShape": {0},
+    "Range": {0, 1, 2},
+    "Squeeze": {1},
+    "Unsqueeze": {1},
+    "Split": {1},
+    "CumSum": {1},
+    "Clip": {1, 2},
+    "Dropout": {1, 2},
+    "Gather": {1},
+    "GatherElements": {1},
+    "GatherND": {1},
+    "ScatterElements": {1},
+    "ScatterND": {1},
+    "OneHot": {0, 1, 2},
+    "NonMaxSuppression": {2, 3, 4},
+    "RoiAlign": {1, 2},
+    "QuantizeLinear": {0, 1, 2},
+    "DequantizeLinear": {0, 1, 2},
+    "DynamicQuantizeLinear": {0},
+    "ReduceSum": {1},
+    "ReduceMean": {1},
+    "ReduceMax": {1},
+    "ReduceMin": {1},
+    "ReduceProd": {1},
+    "ReduceL1": {1},
+    "ReduceL2": {1},
+    "ReduceLogSum": {1},
+    "ReduceLogSumExp": {1},
+    "ReduceSumSquare": {1},
 }
 # Ops whose every input is a quantization parameter or an already quantized tensor.
 QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul"}
@@ -150,13 +179,15 @@ def _consumers(graph: onnx.GraphProto, in_subgraph: bool = False, out=None) -> d
             if name:
                 out[name].append(Consumer(op, i, in_subgraph, trans_b))
         for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 _consumers(sub, True, out)
     return out
 
 
 def _to_array(tensor: onnx.TensorProto) -> np.ndarray:
     if tensor.data_type == onnx.TensorProto.BFLOAT16:
-        raw = np.frombuffer(tensor.raw_data, dtype=np.uint16) if tensor.raw_data else np.asarray(tensor.int32_data, dtype=np.uint16)
+        raw = (
+            np.frombuffer(tensor.raw_data, dtype=np.uint16) if tensor.raw_data else np.asarray(tensor.int32_data, dtype=np.uint16)
+        )
         return (raw.astype(np.uint32) << 16).view(np.float32).reshape(tuple(tensor.dims))
     return numpy_helper.to_array(tensor)

@@ -16,7 +16,8 @@ def weight(*shape: int, dtype=np.float32) -> np.ndarray:
 def make_model(nodes, inputs, outputs, inits=(), opset: int = 17, ir: int = 8) -> onnx.ModelProto:
     _rng[0] = np.random.default_rng(1234)  # the next model's weights do not depend on call order
     graph = helper.make_graph(
-        nodes, "test",
+        nodes,
+        "test",
         [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
         [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
         [numpy_helper.from_array(a, name) for name, a in inits],
@@ -30,36 +31,57 @@ F = TensorProto.FLOAT
 
 
 def matmul():
-    return make_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", F, ["batch", 48])], [("y", F, ["batch", 40])],
-                      [("W", weight(48, 40))])
+    return make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", F, ["batch", 48])],
+        [("y", F, ["batch", 40])],
+        [("W", weight(48, 40))],
+    )
 
 
 def gemm(trans_b: int):
     w = weight(40, 48) if trans_b else weight(48, 40)
-    return make_model([helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=trans_b, alpha=0.7, beta=1.3)],
-                      [("x", F, ["batch", 48])], [("y", F, ["batch", 40])], [("W", w), ("b", weight(40))])
+    return make_model(
+        [helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=trans_b, alpha=0.7, beta=1.3)],
+        [("x", F, ["batch", 48])],
+        [("y", F, ["batch", 40])],
+        [("W", w), ("b", weight(40))],
+    )
 
 
 def conv():
-    return make_model([helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])],
-                      [("x", F, [1, 8, 12, 12])], [("y", F, [1, 16, 6, 6])], [("W", weight(16, 8, 3, 3)), ("b", weight(16))])
+    return make_model(
+        [helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])],
+        [("x", F, [1, 8, 12, 12])],
+        [("y", F, [1, 16, 6, 6])],
+        [("W", weight(16, 8, 3, 3)), ("b", weight(16))],
+    )
 
 
 def conv_transpose():
-    return make_model([helper.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2, 2])],
-                      [("x", F, [1, 16, 5, 5])], [("y", F, ["n", "c", "h", "w"])], [("W", weight(16, 12, 3, 3))])
+    return make_model(
+        [helper.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2, 2])],
+        [("x", F, [1, 16, 5, 5])],
+        [("y", F, ["n", "c", "h", "w"])],
+        [("W", weight(16, 12, 3, 3))],
+    )
 
 
 def embedding():
-    return make_model([helper.make_node("Gather", ["E", "ids"], ["y"], axis=0)],
-                      [("ids", TensorProto.INT64, ["batch", "seq"])], [("y", F, ["batch", "seq", 24])], [("E", weight(300, 24))])
+    return make_model(
+        [helper.make_node("Gather", ["E", "ids"], ["y"], axis=0)],
+        [("ids", TensorProto.INT64, ["batch", "seq"])],
+        [("y", F, ["batch", "seq", 24])],
+        [("E", weight(300, 24))],
+    )
 
 
 def lstm():
     hidden, inp = 16, 12
     return make_model(
         [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "h"], hidden_size=hidden)],
-        [("x", F, [5, 2, inp])], [("y", F, [5, 1, 2, hidden]), ("h", F, [1, 2, hidden])],
+        [("x", F, [5, 2, inp])],
+        [("y", F, [5, 1, 2, hidden]), ("h", F, [1, 2, hidden])],
         [("W", weight(1, 4 * hidden, inp)), ("R", weight(1, 4 * hidden, hidden)), ("B", weight(1, 8 * hidden))],
     )
 
@@ -68,7 +90,8 @@ def gru():
     hidden, inp = 16, 12
     return make_model(
         [helper.make_node("GRU", ["x", "W", "R"], ["y", "h"], hidden_size=hidden)],
-        [("x", F, [5, 2, inp])], [("y", F, [5, 1, 2, hidden]), ("h", F, [1, 2, hidden])],
+        [("x", F, [5, 2, inp])],
+        [("y", F, [5, 1, 2, hidden]), ("h", F, [1, 2, hidden])],
         [("W", weight(1, 3 * hidden, inp)), ("R", weight(1, 3 * hidden, hidden))],
     )
 
@@ -80,7 +103,9 @@ def elementwise_and_einsum():
             helper.make_node("Add", ["a", "S"], ["b"]),  # S is shared by two consumers: decoded once
             helper.make_node("Einsum", ["b", "W"], ["y"], equation="bij,jk->bik"),
         ],
-        [("x", F, [2, 30, 40])], [("y", F, [2, 30, 24])], [("S", weight(30, 40)), ("W", weight(40, 24))],
+        [("x", F, [2, 30, 40])],
+        [("y", F, [2, 30, 24])],
+        [("S", weight(30, 40)), ("W", weight(40, 24))],
     )
 
 
@@ -93,13 +118,19 @@ def constant_node():
 
 def if_branch():
     """A main-graph weight read only inside both branches of an If."""
-    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["t"])], "then", [],
-                               [helper.make_tensor_value_info("t", F, [3, 40])])
-    else_g = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("MatMul", ["xs", "W"], ["e"])],
-                               "else", [], [helper.make_tensor_value_info("e", F, [3, 40])])
+    then_g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["t"])], "then", [], [helper.make_tensor_value_info("t", F, [3, 40])]
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("MatMul", ["xs", "W"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", F, [3, 40])],
+    )
     return make_model(
         [helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
-        [("cond", TensorProto.BOOL, []), ("x", F, [3, 48])], [("y", F, [3, 40])],
+        [("cond", TensorProto.BOOL, []), ("x", F, [3, 48])],
+        [("y", F, [3, 40])],
         [("W", weight(48, 40)), ("s", np.array([2.0], dtype=np.float32))],
     )
 

@@ -96,8 +96,9 @@ def test_opset_onnxruntime_cannot_run(tmp_path, capsys):
 
 
 def test_output_in_a_missing_folder(tmp_path, capsys, model_path):
-    assert_bad_input([model_path, "-o", tmp_path / "no" / "out.onnx", "--min-elements", 64], capsys, tmp_path,
-                     "does not exist", [model_path])
+    assert_bad_input(
+        [model_path, "-o", tmp_path / "no" / "out.onnx", "--min-elements", 64], capsys, tmp_path, "does not exist", [model_path]
+    )
 
 
 def test_existing_output_needs_force(tmp_path, capsys, model_path):
@@ -109,7 +110,9 @@ def test_existing_output_needs_force(tmp_path, capsys, model_path):
 
 
 def test_output_over_the_input_is_refused(tmp_path, capsys, model_path):
-    assert_bad_input([model_path, "-o", model_path, "--force", "--min-elements", 64], capsys, tmp_path, "is the input", [model_path])
+    assert_bad_input(
+        [model_path, "-o", model_path, "--force", "--min-elements", 64], capsys, tmp_path, "is the input", [model_path]
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,6 +121,7 @@ def test_output_over_the_input_is_refused(tmp_path, capsys, model_path):
         (["--granularity", "rows"], "--granularity"),
         (["--include", "("], "not a valid regular expression"),
         (["--target-ort", "latest"], "--target-ort"),
+        (["--target-ort", "1.14"], "1.16 and later"),
     ],
 )
 def test_bad_options(tmp_path, capsys, model_path, flags, match):
@@ -133,8 +137,9 @@ def test_bad_inputs_file(tmp_path, capsys, model_path):
 def test_inputs_that_the_model_rejects(tmp_path, capsys, model_path):
     feeds = tmp_path / "inputs.npz"
     np.savez(feeds, wrong_name=np.zeros((1, 8, 12, 12), np.float32))
-    assert_bad_input([model_path, "--min-elements", 64, "--inputs", feeds], capsys, tmp_path, "check the --inputs file",
-                     [model_path, feeds])
+    assert_bad_input(
+        [model_path, "--min-elements", 64, "--inputs", feeds], capsys, tmp_path, "check the --inputs file", [model_path, feeds]
+    )
 
 
 def test_bits_out_of_range_is_an_argparse_error(model_path, capsys):

@@ -43,7 +43,7 @@ def test_outputs_match_decoded_weights(kind, bits, granularity):
     for seed in (0, 1):
         feed = feed_for(model, seed)
         got, want, orig = run(out, feed), run(reference, feed), run(model, feed)
-        for g, w, o in zip(got, want, orig):
+        for g, w, o in zip(got, want, orig, strict=True):
             np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=1e-5, atol=1e-6)
             if bits == 8:
                 rel = np.linalg.norm(g.astype(np.float64) - o) / max(np.linalg.norm(o.astype(np.float64)), 1e-12)
@@ -162,7 +162,7 @@ def test_inspect_lists_bytes_and_errors_per_bit_width():
     candidates, _ = oc.inspect(ALL["conv"](), min_elements=64)
     c = candidates[0]
     errors = [c.by_bits[b][1] for b in range(1, 9)]
-    assert all(a >= b for a, b in zip(errors, errors[1:]))  # more bits, less error
+    assert all(a >= b for a, b in zip(errors, errors[1:], strict=False))  # more bits, less error
     assert c.by_bits[8][0] == 16 * 8 * 9 + 256 * 4
     # the 4-bit prediction equals what compress does
     got = oc.compress(ALL["conv"](), bits=4, min_elements=64, verify=False).report.tensors[0].rel_error

@@ -19,9 +19,13 @@ def names(model, **opts):
 
 def test_integer_bool_and_small_tensors_are_not_candidates():
     m = make_model(
-        [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Add", ["a", "bias"], ["b"]),
-         helper.make_node("Reshape", ["b", "shape"], ["y"])],
-        [("x", F, [2, 16])], [("y", F, [32])],
+        [
+            helper.make_node("MatMul", ["x", "W"], ["a"]),
+            helper.make_node("Add", ["a", "bias"], ["b"]),
+            helper.make_node("Reshape", ["b", "shape"], ["y"]),
+        ],
+        [("x", F, [2, 16])],
+        [("y", F, [32])],
         [("W", weight(16, 16)), ("bias", weight(16)), ("shape", np.array([32], dtype=np.int64))],
     )
     picked, skipped = names(m)
@@ -29,18 +33,25 @@ def test_integer_bool_and_small_tensors_are_not_candidates():
 
 
 def test_initializer_that_is_also_a_graph_input_is_left_alone():
-    m = make_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", F, [2, 16]), ("W", F, [16, 16])],
-                   [("y", F, [2, 16])], [("W", weight(16, 16))])
+    m = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", F, [2, 16]), ("W", F, [16, 16])],
+        [("y", F, [2, 16])],
+        [("W", weight(16, 16))],
+    )
     picked, skipped = names(m)
     assert picked == [] and "graph input" in skipped["W"]
 
 
 def test_float_tensor_used_as_scales_or_quantization_parameter_is_left_alone():
     m = make_model(
-        [helper.make_node("Resize", ["x", "", "scales"], ["r"]),
-         helper.make_node("DequantizeLinear", ["q", "qscale"], ["d"]),
-         helper.make_node("Add", ["r", "d"], ["y"])],
-        [("x", F, [1, 1, 8, 8]), ("q", TensorProto.UINT8, [1, 1, 16, 16])], [("y", F, [1, 1, 16, 16])],
+        [
+            helper.make_node("Resize", ["x", "", "scales"], ["r"]),
+            helper.make_node("DequantizeLinear", ["q", "qscale"], ["d"]),
+            helper.make_node("Add", ["r", "d"], ["y"]),
+        ],
+        [("x", F, [1, 1, 8, 8]), ("q", TensorProto.UINT8, [1, 1, 16, 16])],
+        [("y", F, [1, 1, 16, 16])],
         [("scales", np.ones(64, np.float32)), ("qscale", np.ones(64, np.float32))],
     )
     _, skipped = names(m)
@@ -50,24 +61,34 @@ def test_float_tensor_used_as_scales_or_quantization_parameter_is_left_alone():
 def test_weight_used_both_as_data_and_as_a_non_data_input_is_left_alone():
     m = make_model(
         [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Clip", ["a", "W"], ["y"])],
-        [("x", F, [2, 16])], [("y", F, [2, 16])], [("W", weight(16, 16))],
+        [("x", F, [2, 16])],
+        [("y", F, [2, 16])],
+        [("W", weight(16, 16))],
     )
     _, skipped = names(m)
     assert "Clip" in skipped["W"]
 
 
 def test_custom_domain_consumers_are_left_alone():
-    graph = helper.make_graph([helper.make_node("Foo", ["x", "W"], ["y"], domain="com.example")], "g",
-                              [helper.make_tensor_value_info("x", F, [2])], [helper.make_tensor_value_info("y", F, [2])],
-                              [onnx.numpy_helper.from_array(weight(16, 16), "W")])
+    graph = helper.make_graph(
+        [helper.make_node("Foo", ["x", "W"], ["y"], domain="com.example")],
+        "g",
+        [helper.make_tensor_value_info("x", F, [2])],
+        [helper.make_tensor_value_info("y", F, [2])],
+        [onnx.numpy_helper.from_array(weight(16, 16), "W")],
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     _, skipped = names(m)
     assert "com.example.Foo" in skipped["W"]
 
 
 def test_threshold_and_regexes():
-    m = make_model([helper.make_node("MatMul", ["x", "enc.W"], ["a"]), helper.make_node("MatMul", ["a", "dec.W"], ["y"])],
-                   [("x", F, [2, 16])], [("y", F, [2, 8])], [("enc.W", weight(16, 16)), ("dec.W", weight(16, 8))])
+    m = make_model(
+        [helper.make_node("MatMul", ["x", "enc.W"], ["a"]), helper.make_node("MatMul", ["a", "dec.W"], ["y"])],
+        [("x", F, [2, 16])],
+        [("y", F, [2, 8])],
+        [("enc.W", weight(16, 16)), ("dec.W", weight(16, 8))],
+    )
     assert names(m)[0] == ["enc.W", "dec.W"]
     assert names(m, min_elements=200)[0] == ["enc.W"]
     assert names(m, include=r"^dec")[0] == ["dec.W"]

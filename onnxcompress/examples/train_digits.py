@@ -49,7 +49,8 @@ def main() -> None:
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1, name="softmax"),
     ]
     graph = helper.make_graph(
-        nodes, "digits_mlp",
+        nodes,
+        "digits_mlp",
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
         inits,

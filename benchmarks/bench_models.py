@@ -1,0 +1,335 @@
+"""Codebook compression of the four real models from ../shared/models, measured end to end.
+
+    bash ../shared/models/get_models.sh            # once: fetches the models into the cache
+    python benchmarks/bench_models.py [--cache DIR] [--settings 8,4,4c]
+
+Per model and setting: file size and ratio, compression time (the whole `compress()` call as
+the command line makes it: verification on synthesized inputs included), output fidelity on
+the model's real inputs, load time and load-time peak RSS (a fresh
+process each), steady-state latency relative to the original (interleaved in one process),
+output fidelity, and the model's task result:
+  minilm_l6          sentence embeddings: cosine to the original's, nearest-neighbour agreement
+  ppocrv6_rec_small  text lines read exactly, character error rate (greedy CTC)
+  silero_vad_seq     frame speech decisions (p > 0.5): agreement with the original and with the clip's speech times
+  mtcnn_onet         face decisions (p > 0.5): agreement with the original, accuracy on the labels
+Writes benchmarks/results/models.md and models.json. The models are never copied here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import onnxcompress
+from onnxcompress.verify import compare
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")
+MODELS = ["minilm_l6", "ppocrv6_rec_small", "silero_vad_seq", "mtcnn_onet"]
+SETTINGS = {"8": dict(bits=8), "4": dict(bits=4), "4c": dict(bits=4, granularity="channel")}
+# a slice of each feed for the latency loop (batch-like first axis), so a run takes ~10-100 ms
+LATENCY_SLICE = {"minilm_l6": 8, "ppocrv6_rec_small": 4, "silero_vad_seq": 256, "mtcnn_onet": 16}
+
+
+def load_feed(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as d:
+        feeds: dict[int, dict] = {}
+        for key in d.files:
+            m = re.fullmatch(r"(.+)@(\d+)", key)
+            name, k = (m.group(1), int(m.group(2))) if m else (key, 0)
+            feeds.setdefault(k, {})[name] = d[key]
+    return feeds[0]
+
+
+def session(path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+# -- task results -------------------------------------------------------------------------------
+
+
+def ctc_greedy(probs: np.ndarray, charset: list[str]) -> str:
+    ids, out, prev = probs.argmax(-1), [], -1
+    for i in ids:
+        if i != prev and i != 0 and i < len(charset):
+            out.append(charset[i])
+        prev = i
+    return "".join(out)
+
+
+def edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        diag, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (ca != cb))
+    return row[len(b)]
+
+
+def task_result(name: str, model_path: Path, outs: dict, ref: dict, labels: dict) -> dict:
+    if name == "minilm_l6":
+        e, r = outs["sentence_embedding"], ref["sentence_embedding"]
+        cos = (e * r).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1))
+
+        def neighbours(x):
+            s = x @ x.T
+            np.fill_diagonal(s, -np.inf)
+            return s.argmax(1)
+
+        nn = float((neighbours(e) == neighbours(r)).mean())
+        return {
+            "summary": f"cos mean {cos.mean():.4f} min {cos.min():.4f}, same neighbour {nn:.1%}",
+            "min_cos": float(cos.min()),
+            "nn_agreement": nn,
+            "unchanged": nn == 1.0 and cos.min() > 0.99,
+        }
+    if name == "ppocrv6_rec_small":
+        meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+        charset = ["blank"] + meta["character"].splitlines() + [" "]
+        probs = next(iter(outs.values()))
+        preds = [ctc_greedy(probs[i], charset) for i in range(probs.shape[0])]
+        truth = labels["texts"]
+        exact = sum(p == t for p, t in zip(preds, truth, strict=True))
+        cer = float(np.mean([edit_distance(p, t) / max(1, len(t)) for p, t in zip(preds, truth, strict=True)]))
+        return {
+            "summary": f"exact {exact}/{len(truth)}, CER {cer:.3f}",
+            "exact": exact,
+            "cer": cer,
+            "unchanged": exact == len(truth),
+        }
+    if name == "silero_vad_seq":
+        p, r = outs["speech_probs"], ref["speech_probs"]
+        t = (np.arange(len(p)) + 0.5) * labels.get("frame_s", 0.032)
+        truth = np.zeros(len(p), bool)
+        for a, b, _ in labels["speech_segments_s"]:
+            truth |= (t >= a) & (t < b)
+        same = float(((p > 0.5) == (r > 0.5)).mean())
+        acc, acc_ref = float(((p > 0.5) == truth).mean()), float(((r > 0.5) == truth).mean())
+        return {
+            "summary": f"same decisions {same:.1%}, vs speech times {acc:.3f} (original {acc_ref:.3f})",
+            "agreement": same,
+            "accuracy": acc,
+            "unchanged": abs(acc - acc_ref) < 0.005,
+        }
+    if name == "mtcnn_onet":
+        p, r = outs["face_prob"][:, 1], ref["face_prob"][:, 1]
+        y = np.array(labels["is_face"])
+        same = float(((p > 0.5) == (r > 0.5)).mean())
+        acc, acc_ref = float(((p > 0.5) == y).mean()), float(((r > 0.5) == y).mean())
+        return {
+            "summary": f"same decisions {same:.1%}, accuracy {acc:.3f} (original {acc_ref:.3f})",
+            "agreement": same,
+            "accuracy": acc,
+            "unchanged": same == 1.0,
+        }
+    return {"summary": "", "unchanged": None}
+
+
+# -- load and latency ------------------------------------------------------------------------------
+
+# VmHWM, not ru_maxrss: ru_maxrss survives execve, so a child would report its parent's peak
+LOAD_SNIPPET = """
+import sys, time
+import onnxruntime as ort
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+base = hwm()
+t0 = time.perf_counter()
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+print(time.perf_counter() - t0, hwm(), base)
+"""
+
+
+def load_cost(path: Path, repeats: int = 3) -> tuple[float, float]:
+    """(best load seconds, peak RSS in MiB of a fresh process that imports onnxruntime and
+    creates a session with default options)."""
+    best_t, peak = float("inf"), 0.0
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", LOAD_SNIPPET, str(path)], capture_output=True, text=True, check=True)
+        t, rss, _ = out.stdout.split()
+        best_t, peak = min(best_t, float(t)), max(peak, int(rss) / 1024)
+    return best_t, peak
+
+
+def latency_ratio(a: ort.InferenceSession, b: ort.InferenceSession, feed: dict, seconds: float = 6.0) -> tuple[float, float]:
+    """Median time of b over a, runs interleaved so drift hits both alike. Returns (ratio, a's ms)."""
+    for s in (a, b):
+        s.run(None, feed)
+    ta, tb = [], []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(ta) < 5:
+        for s, acc in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(tb) / statistics.median(ta), statistics.median(ta) * 1e3
+
+
+def sliced(feed: dict, n: int) -> dict:
+    lead = max(v.shape[0] for v in feed.values() if v.ndim)
+    return {k: (v[:n] if v.ndim and v.shape[0] == lead else v) for k, v in feed.items()}
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=Path(DEFAULT_CACHE), help="get_models.sh's cache (default %(default)s)")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--settings", default="8,4", help=f"comma list of {sorted(SETTINGS)}")
+    ap.add_argument("--latency-seconds", type=float, default=6.0)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if not (args.cache / "models").is_dir():
+        print(f"no models in {args.cache}: run `bash ../shared/models/get_models.sh {args.cache}` first (skipping)")
+        return 0
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            src = args.cache / "models" / f"{name}.onnx"
+            inputs = args.cache / "inputs" / f"{name}.npz"
+            if not src.exists():
+                print(f"{name}: not in the cache, skipped")
+                continue
+            labels = json.loads((args.cache / "inputs" / f"{name}.labels.json").read_text())
+            feed = load_feed(inputs)
+            orig = session(src)
+            out_names = [o.name for o in orig.get_outputs()]
+            ref = dict(zip(out_names, orig.run(None, feed), strict=True))
+            base_load, base_rss = load_cost(src)
+            for setting in args.settings.split(","):
+                dst = Path(tmp) / f"{name}.{setting}.onnx"
+                t0 = time.perf_counter()
+                result = onnxcompress.compress(src, dst, force=True, **SETTINGS[setting])
+                seconds = time.perf_counter() - t0
+                comp = session(dst)
+                outs = dict(zip(out_names, comp.run(None, feed), strict=True))
+                fidelity = compare(out_names, [[ref[n] for n in out_names]], [[outs[n] for n in out_names]])
+                task = task_result(name, dst, outs, ref, labels)
+                load_t, rss = load_cost(dst)
+                lat, base_ms = latency_ratio(orig, comp, sliced(feed, LATENCY_SLICE[name]), args.latency_seconds)
+                rep = result.report
+                row = {
+                    "model": name,
+                    "setting": setting,
+                    "bytes_before": rep.file_bytes_before,
+                    "bytes_after": rep.file_bytes_after,
+                    "ratio": rep.ratio,
+                    "compress_s": seconds,
+                    "load_s": load_t,
+                    "load_s_original": base_load,
+                    "peak_rss_mib": rss,
+                    "peak_rss_mib_original": base_rss,
+                    "latency_ratio": lat,
+                    "latency_ms_original": base_ms,
+                    "outputs": [d.to_dict() for d in fidelity],
+                    "task": task,
+                    "binned_tensors": sum(t.method == "binned" for t in rep.tensors),
+                    "tensors": len(rep.tensors),
+                }
+                rows.append(row)
+                print(
+                    f"{name:18s} {setting:3s} {rep.file_bytes_before / 1e6:6.1f} -> {rep.file_bytes_after / 1e6:6.2f} MB "
+                    f"({rep.ratio:.2f}x) compress {seconds:5.1f}s  load {base_load:.2f}->{load_t:.2f}s  "
+                    f"RSS {base_rss:.0f}->{rss:.0f} MiB  latency x{lat:.2f}  {task['summary']}",
+                    flush=True,
+                )
+            del orig
+
+    report = render(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "models.md").write_text(report)
+    (args.out / "models.json").write_text(json.dumps(rows, indent=1))
+    print(report)
+    return 0
+
+
+def render(rows) -> str:
+    out = [
+        "# Codebook compression of real models",
+        "",
+        f"onnxcompress {onnxcompress.__version__}, onnxruntime {ort.__version__}, {os.cpu_count()} cores. "
+        "Compress time is the whole `compress()` call as the command line makes it (verification on synthesized inputs "
+        "included); output errors and task results are on the model's real inputs; load time and "
+        "peak RSS come from a fresh process creating a session with default options; latency is the compressed "
+        "model's median over the original's, interleaved, one thread.",
+        "",
+        "| model | bits | MB before | MB after | ratio | compress s | load s (orig) | peak RSS MiB (orig) | latency "
+        "| worst output rel. L2 | task result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        worst = max(o["rel_l2"] for o in r["outputs"]) if r["outputs"] else float("nan")
+        out.append(
+            f"| {r['model']} | {r['setting']} | {r['bytes_before'] / 1e6:.1f} | {r['bytes_after'] / 1e6:.2f} | "
+            f"{r['ratio']:.2f}x | {r['compress_s']:.1f} | {r['load_s']:.2f} ({r['load_s_original']:.2f}) | "
+            f"{r['peak_rss_mib']:.0f} ({r['peak_rss_mib_original']:.0f}) | "
+            f"{r['latency_ratio']:.2f}x | {worst:.2e} | {r['task']['summary']} |"
+        )
+    out += ["", "## Targets (issue 3)", ""]
+    for ok, text in targets(rows):
+        out.append(f"- {'PASS' if ok else 'MISS'}: {text}")
+    return "\n".join(out) + "\n"
+
+
+def targets(rows):
+    res = []
+    eight = [r for r in rows if r["setting"] == "8"]
+    four = [r for r in rows if r["setting"] == "4"]
+    if eight:
+        res.append(
+            (
+                all(r["task"]["unchanged"] for r in eight),
+                "8 bits: every task result unchanged: " + "; ".join(f"{r['model']}: {r['task']['summary']}" for r in eight),
+            )
+        )
+        ratios = ", ".join(f"{r['ratio']:.2f}x" for r in eight)
+        res.append((min(r["ratio"] for r in eight) >= 3.5, f"8 bits about 4x smaller: {ratios}"))
+        res.append(
+            (
+                max(r["peak_rss_mib"] / r["peak_rss_mib_original"] for r in eight) <= 1.5,
+                "load-time peak RSS <= 1.5x the original's: "
+                + ", ".join(f"{r['peak_rss_mib'] / r['peak_rss_mib_original']:.2f}x" for r in eight),
+            )
+        )
+        res.append(
+            (
+                max(r["latency_ratio"] for r in eight) <= 1.05,
+                "steady-state latency within 5%: " + ", ".join(f"{r['latency_ratio']:.3f}" for r in eight),
+            )
+        )
+    if four:
+        ratios = ", ".join(f"{r['ratio']:.2f}x" for r in four)
+        res.append((min(r["ratio"] for r in four) >= 6.5, f"4 bits about 8x smaller: {ratios}"))
+    for setting, limit in (("8", 20.0), ("4", 5.0)):
+        m = [r for r in rows if r["model"] == "minilm_l6" and r["setting"] == setting]
+        if m:
+            res.append(
+                (
+                    m[0]["compress_s"] <= limit,
+                    f"minilm_l6 at {setting} bits compresses in <= {limit:.0f} s: {m[0]['compress_s']:.1f} s",
+                )
+            )
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(main())
