@@ -256,10 +256,40 @@ def main(argv=None) -> int:
 
     report = render(rows)
     args.out.mkdir(parents=True, exist_ok=True)
+    plot(rows, args.out / "models.png")
     (args.out / "models.md").write_text(report)
     (args.out / "models.json").write_text(json.dumps(rows, indent=1))
     print(report)
     return 0
+
+
+def plot(rows, path: Path) -> None:
+    """File size against output error, one point per model and setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for name, marker in zip(MODELS, "osD^", strict=True):
+        pts = [r for r in rows if r["model"] == name]
+        if not pts:
+            continue
+        xs = [100 * r["bytes_after"] / r["bytes_before"] for r in pts]
+        ys = [max(o["rel_l2"] for o in r["outputs"]) for r in pts]
+        ax.plot(xs, ys, marker=marker, linestyle="none", markersize=8, label=name)
+        for x, y, r in zip(xs, ys, pts, strict=True):
+            label = {"8": "8 bit", "4": "4 bit", "4c": "4 bit/channel"}.get(r["setting"], r["setting"])
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 3), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("compressed file size, % of the original")
+    ax.set_ylabel("worst output relative L2 error")
+    ax.set_title("onnxcompress codebooks on four real models")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def render(rows) -> str:
