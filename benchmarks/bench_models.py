@@ -112,31 +112,28 @@ def task_result(name: str, model_path: Path, outs: dict, ref: dict, labels: dict
             "unchanged": exact == len(truth),
         }
     if name == "silero_vad_seq":
-        p, r = outs["speech_probs"], ref["speech_probs"]
+        p = outs["speech_probs"]
         t = (np.arange(len(p)) + 0.5) * labels.get("frame_s", 0.032)
         truth = np.zeros(len(p), bool)
         for a, b, _ in labels["speech_segments_s"]:
             truth |= (t >= a) & (t < b)
-        same = float(((p > 0.5) == (r > 0.5)).mean())
-        acc, acc_ref = float(((p > 0.5) == truth).mean()), float(((r > 0.5) == truth).mean())
-        return {
-            "summary": f"same decisions {same:.1%}, vs speech times {acc:.3f} (original {acc_ref:.3f})",
-            "agreement": same,
-            "accuracy": acc,
-            "unchanged": abs(acc - acc_ref) < 0.005,
-        }
+        return decisions(p, ref["speech_probs"], truth, "vs speech times")
     if name == "mtcnn_onet":
-        p, r = outs["face_prob"][:, 1], ref["face_prob"][:, 1]
-        y = np.array(labels["is_face"])
-        same = float(((p > 0.5) == (r > 0.5)).mean())
-        acc, acc_ref = float(((p > 0.5) == y).mean()), float(((r > 0.5) == y).mean())
-        return {
-            "summary": f"same decisions {same:.1%}, accuracy {acc:.3f} (original {acc_ref:.3f})",
-            "agreement": same,
-            "accuracy": acc,
-            "unchanged": same == 1.0,
-        }
+        return decisions(outs["face_prob"][:, 1], ref["face_prob"][:, 1], np.array(labels["is_face"]) == 1, "accuracy")
     return {"summary": "", "unchanged": None}
+
+
+def decisions(p: np.ndarray, ref: np.ndarray, truth: np.ndarray, what: str) -> dict:
+    """Binary decisions at p > 0.5: agreement with the original's, and accuracy on the labels.
+    Unchanged means every decision is the same."""
+    same = float(((p > 0.5) == (ref > 0.5)).mean())
+    acc, acc_ref = float(((p > 0.5) == truth).mean()), float(((ref > 0.5) == truth).mean())
+    return {
+        "summary": f"same decisions {same:.1%}, {what} {acc:.3f} (original {acc_ref:.3f})",
+        "agreement": same,
+        "accuracy": acc,
+        "unchanged": same == 1.0,
+    }
 
 
 # -- load and latency ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import onnx
 import onnx.version_converter
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .decode import check_opset
 from .encode import Codebook, encode_codebook, sse_curve
 from .errors import CompressError, VerificationError
 from .load import LoadedModel, load_model
@@ -62,9 +63,13 @@ def compress(
     out_path = Path(output) if output is not None else None
     if out_path is not None:
         check_output_path(out_path, loaded.path, force)
+    if report_json is not None and not Path(report_json).parent.is_dir():
+        raise CompressError(f"cannot write the report {report_json}: its folder does not exist; create it first")
     source = loaded.model
     if target_o.opset is not None:
         source = convert_opset(source, target_o.opset)
+    layout = codebook_o.granularity.split(":")[0]
+    check_opset(codebook_o.bits, layout, default_opset(source), "the model")  # before any work
 
     # onnxruntime must run the original (and, to verify, on these inputs) before any work
     reference_sess = _original_session(loaded, source, target_o.opset is not None)

@@ -96,8 +96,8 @@ def _inspect(argv: list[str]) -> int:
         "what each bit width would give (bytes, relative weight error). Writes nothing.",
     )
     p.add_argument("model", type=Path)
-    p.add_argument("--kmeans", choices=["auto", "exact", "binned"], default="auto")
-    add_arguments_select(p)
+    p.add_argument("--kmeans", choices=["auto", "exact", "binned"], default="auto", help="as for compressing")
+    add_arguments(p, (SelectOptions,))
     args = p.parse_args(argv)
     sel = {k: getattr(args, k) for k in ("min_elements", "include", "exclude")}
     candidates, selection = inspect(args.model, kmeans=args.kmeans, **sel)
@@ -123,14 +123,6 @@ def _inspect(argv: list[str]) -> int:
     for s in selection.skipped:
         console.print(f"left alone: {s.name} {list(s.shape)}: {s.reason}")
     return 0
-
-
-def add_arguments_select(p: argparse.ArgumentParser) -> None:
-    import dataclasses
-
-    for f in dataclasses.fields(SelectOptions):
-        flag = "--" + f.name.replace("_", "-")
-        p.add_argument(flag, type=int if f.name == "min_elements" else str, default=f.default, help=f.metadata["help"])
 
 
 def _demo(argv: list[str]) -> int:

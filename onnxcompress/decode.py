@@ -45,8 +45,18 @@ def pack_plane(values: np.ndarray, width: int) -> np.ndarray:
     return packed.astype(np.uint8).reshape(1, n)
 
 
-def min_opset(cb: Codebook) -> int:
-    return 5 if cb.bits == 8 and cb.layout == "tensor" else 11
+def required_opset(bits: int, layout: str) -> int:
+    """8-bit tensor codebooks need Cast, Gather, Reshape; the rest BitShift or GatherElements."""
+    return 5 if bits == 8 and layout == "tensor" else 11
+
+
+def check_opset(bits: int, layout: str, opset: int, what: str) -> None:
+    need = required_opset(bits, layout)
+    if opset < need:
+        raise CompressError(
+            f"{what}: {bits}-bit {layout} codebooks need opset {need} (BitShift, GatherElements) but the model "
+            f"has opset {opset}; use --bits 8 --granularity tensor, or convert with --opset {need}"
+        )
 
 
 def build_decoder(cb: Codebook, name: str, out: gs.Variable, onnx_dtype: int, opset: int) -> list[gs.Node]:
@@ -57,12 +67,7 @@ def build_decoder(cb: Codebook, name: str, out: gs.Variable, onnx_dtype: int, op
     weight's shape at 8 bits; planes combined with uint8 Add from opset 14) until one Cast to
     INT32, and Gather then yields the weight's shape directly, with no Reshape of floats.
     """
-    need = min_opset(cb)
-    if opset < need:
-        raise CompressError(
-            f"{name}: {cb.bits}-bit {cb.layout} codebooks need opset {need} (BitShift, GatherElements) but the model "
-            f"has opset {opset}; use --bits 8 --granularity tensor, or convert with --opset {need}"
-        )
+    check_opset(cb.bits, cb.layout, opset, name)
     b = _Builder(name)
     index_shape = cb.shape if cb.layout == "tensor" else cb.labels.shape
     if cb.bits == 8:

@@ -102,9 +102,9 @@ class VerifyOptions:
 OPTION_GROUPS = (SelectOptions, CodebookOptions, TargetOptions, VerifyOptions)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, groups: tuple[type, ...] = OPTION_GROUPS) -> None:
     """One flag per dataclass field: --min-elements, --bits, ..., --verify/--no-verify."""
-    for group_cls in OPTION_GROUPS:
+    for group_cls in groups:
         group = parser.add_argument_group(group_cls.__doc__.strip().rstrip("."))
         hints = get_type_hints(group_cls)
         for f in dataclasses.fields(group_cls):

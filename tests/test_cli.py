@@ -128,6 +128,16 @@ def test_bad_options(tmp_path, capsys, model_path, flags, match):
     assert_bad_input([model_path, "--min-elements", 64, *flags], capsys, tmp_path, match, [model_path])
 
 
+def test_report_in_a_missing_folder(tmp_path, capsys, model_path):
+    assert_bad_input(
+        [model_path, "--min-elements", 64, "--report", tmp_path / "no" / "r.json"],
+        capsys,
+        tmp_path,
+        "its folder does not exist",
+        [model_path],
+    )
+
+
 def test_bad_inputs_file(tmp_path, capsys, model_path):
     bad = tmp_path / "inputs.npz"
     bad.write_bytes(b"not npz")
