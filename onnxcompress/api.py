@@ -92,14 +92,14 @@ def compress(
             + "; lower --min-elements or check --include/--exclude"
         )
     encoded = encode_all(selection.weights, codebook_o, progress)
-    compressed = rewrite_graph(source, encoded)
+    compressed, stored = rewrite_graph(source, encoded, target_o.ort_version())
 
     after = save_model(compressed, out_path) if out_path is not None else compressed.ByteSize()
     report = Report(
         model=str(loaded.path) if loaded.path else "<ModelProto>",
         output=str(out_path) if out_path else None,
         settings={**asdict(codebook_o), **asdict(select_o), "target_ort": target_o.target_ort, "opset": default_opset(source)},
-        tensors=[_tensor_report(site, cb) for site, cb in encoded],
+        tensors=[_tensor_report(site, cb, stored[site.name]) for site, cb in encoded],
         skipped=[{"name": s.name, "shape": list(s.shape), "reason": s.reason} for s in selection.skipped],
         file_bytes_before=loaded.file_bytes,
         file_bytes_after=after,
@@ -158,7 +158,7 @@ def _original_session(loaded: LoadedModel, source: onnx.ModelProto, converted: b
         raise CompressError(f"{e}; the input must run in onnxruntime (try --opset N to convert it)") from None
 
 
-def _tensor_report(site: WeightSite, cb: Codebook) -> TensorReport:
+def _tensor_report(site: WeightSite, cb: Codebook, indices: str) -> TensorReport:
     return TensorReport(
         name=site.name,
         shape=list(site.array.shape),
@@ -171,6 +171,7 @@ def _tensor_report(site: WeightSite, cb: Codebook) -> TensorReport:
         else site.array.size * 2,
         bytes_after=cb.index_bytes() + cb.codebook_bytes(),
         rel_error=cb.rel_error,
+        indices=indices,
         seconds=cb.seconds,
     )
 

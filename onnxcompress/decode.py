@@ -15,11 +15,36 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .encode import Codebook
 from .errors import CompressError
 
 PLANE_WIDTHS = (4, 2, 1)
+# Native sub-byte index types (bits -> element type, first opset): one Cast replaces the
+# BitShift planes; onnxruntime casts them from 1.24.4 (1.20-1.22 have no uint4 Cast kernel).
+NATIVE_INDEX = {4: (onnx.TensorProto.UINT4, 21), 2: (onnx.TensorProto.UINT2, 25)}
+NATIVE_MIN_ORT = (1, 24, 4)
+
+
+def native_index_type(bits: int, opset: int, target_ort: tuple[int, ...]) -> int | None:
+    entry = NATIVE_INDEX.get(bits)
+    if entry and opset >= entry[1] and tuple(target_ort) >= NATIVE_MIN_ORT:
+        return entry[0]
+    return None
+
+
+def pack_little_end(values: np.ndarray, width: int) -> bytes:
+    """uint8 values < 2^width, 8/width to a byte, element 0 in the low bits (ONNX's layout
+    for UINT4 and UINT2)."""
+    per_byte = 8 // width
+    padded = np.zeros(-(-values.size // per_byte) * per_byte, dtype=np.uint8)
+    padded[: values.size] = values
+    groups = padded.reshape(-1, per_byte).astype(np.uint16)
+    packed = np.zeros(groups.shape[0], dtype=np.uint16)
+    for j in range(per_byte):
+        packed |= groups[:, j] << (j * width)
+    return packed.astype(np.uint8).tobytes()
 
 
 def plane_widths(bits: int) -> list[tuple[int, int]]:
@@ -59,8 +84,12 @@ def check_opset(bits: int, layout: str, opset: int, what: str) -> None:
         )
 
 
-def build_decoder(cb: Codebook, name: str, out: gs.Variable, onnx_dtype: int, opset: int) -> list[gs.Node]:
-    """Nodes that compute `out` (named like the weight) from constants only.
+def build_decoder(
+    cb: Codebook, name: str, out: gs.Variable, onnx_dtype: int, opset: int, target_ort: tuple[int, ...] = (1, 16)
+) -> tuple[list[gs.Node], str]:
+    """Nodes that compute `out` (named like the weight) from constants only, and how the
+    indices are stored: "uint8", "uint4"/"uint2" (native, when the opset and target allow)
+    or "planes" (BitShift bit planes, opset 11 and onnxruntime 1.16 on).
 
     onnxruntime keeps every folded intermediate until its folding pass ends, so the load-time
     peak grows with each 4-byte-per-value tensor here: the indices stay uint8 (already in the
@@ -70,10 +99,18 @@ def build_decoder(cb: Codebook, name: str, out: gs.Variable, onnx_dtype: int, op
     check_opset(cb.bits, cb.layout, opset, name)
     b = _Builder(name)
     index_shape = cb.shape if cb.layout == "tensor" else cb.labels.shape
+    native = native_index_type(cb.bits, opset, target_ort)
     if cb.bits == 8:
         idx = b.node("Cast", [b.const("indices", cb.labels.reshape(index_shape))], attrs={"to": onnx.TensorProto.INT32})
+        stored = "uint8"
+    elif native is not None:
+        packed = pack_little_end(cb.labels.reshape(-1), cb.bits)
+        proto = onnx.helper.make_tensor("", native, index_shape, packed, raw=True)
+        idx = b.node("Cast", [b.proto_const("indices", proto)], attrs={"to": onnx.TensorProto.INT32})
+        stored = "uint4" if native == onnx.TensorProto.UINT4 else "uint2"
     else:
         idx = _unpack(b, cb.labels.reshape(-1), cb.bits, index_shape, opset)
+        stored = "planes"
     if cb.layout == "tensor":
         vals = b.node("Gather", [b.const("codebook", cb.centroids[0]), idx], attrs={"axis": 0})
     else:
@@ -100,7 +137,7 @@ def build_decoder(cb: Codebook, name: str, out: gs.Variable, onnx_dtype: int, op
     if onnx.helper.np_dtype_to_tensor_dtype(cb.centroids.dtype) != onnx_dtype:
         b.node("Cast", [vals], attrs={"to": onnx_dtype})
     b.nodes[-1].outputs = [out]
-    return b.nodes
+    return b.nodes, stored
 
 
 def _unpack(b: _Builder, flat: np.ndarray, bits: int, shape: tuple[int, ...], opset: int) -> gs.Variable:
@@ -147,6 +184,12 @@ class _Builder:
     def const(self, what: str, values: np.ndarray) -> gs.Constant:
         self._n += 1
         return gs.Constant(f"{self.name}::{what}.{self._n}", np.ascontiguousarray(values))
+
+    def proto_const(self, what: str, proto: onnx.TensorProto) -> gs.Constant:
+        """A constant numpy cannot hold (UINT4, UINT2), exported as the given TensorProto."""
+        self._n += 1
+        proto.name = f"{self.name}::{what}.{self._n}"
+        return gs.Constant(proto.name, LazyValues(proto))
 
     def node(self, op: str, inputs: list, attrs: dict | None = None, out: gs.Variable | None = None) -> gs.Variable:
         self._n += 1

@@ -24,6 +24,7 @@ class TensorReport:
     bytes_after: int  # packed indices plus codebook
     rel_error: float  # ||W - W'|| / ||W||
     seconds: float
+    indices: str = "uint8"  # how the indices are stored: uint8, planes, uint4 or uint2
 
 
 @dataclass

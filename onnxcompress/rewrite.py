@@ -27,13 +27,18 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def rewrite_graph(
-    model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebook]], method: str = "codebook"
-) -> onnx.ModelProto:
+    model: onnx.ModelProto,
+    encoded: list[tuple[WeightSite, Codebook]],
+    target_ort: tuple[int, ...] = (1, 16),
+    method: str = "codebook",
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The rewritten model, and how each weight's indices are stored (see build_decoder)."""
     opset = default_opset(model)
     graph = gs.import_onnx(model)
     tensors = _tensors_by_name(graph)
     constant_nodes = {n.outputs[0].name: n for n in graph.nodes if n.op == "Constant" and n.outputs}
     decoders: list[gs.Node] = []
+    stored: dict[str, str] = {}
     for site, cb in encoded:
         if site.location == "constant":
             node = constant_nodes[site.name]
@@ -49,11 +54,14 @@ def rewrite_graph(
                         if t is old:
                             consumer.inputs[i] = out
                 graph.outputs = [out if t is old else t for t in graph.outputs]
-        decoders += build_decoder(cb, site.name, out, site.onnx_dtype, opset)
+        nodes, stored[site.name] = build_decoder(cb, site.name, out, site.onnx_dtype, opset, target_ort)
+        decoders += nodes
     graph.nodes = decoders + list(graph.nodes)
     result = gs.export_onnx(graph, do_type_check=False)
     _restore_model_fields(model, result)
-    tensors_meta = {site.name: {"bits": cb.bits, "layout": cb.layout, "k": cb.k} for site, cb in encoded}
+    tensors_meta = {
+        site.name: {"bits": cb.bits, "layout": cb.layout, "k": cb.k, "indices": stored[site.name]} for site, cb in encoded
+    }
     _set_metadata(
         result,
         {
@@ -62,7 +70,7 @@ def rewrite_graph(
             "onnxcompress.tensors": json.dumps(tensors_meta, separators=(",", ":")),
         },
     )
-    return result
+    return result, stored
 
 
 def _tensors_by_name(graph: gs.Graph, out: dict | None = None) -> dict[str, list[gs.Tensor]]:

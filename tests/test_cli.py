@@ -164,9 +164,9 @@ def test_broken_result_exits_1_and_is_removed(tmp_path, capsys, model_path, monk
     real = c.rewrite_graph
 
     def broken(*a, **k):
-        m = real(*a, **k)
+        m, stored = real(*a, **k)
         m.graph.node[-1].op_type = "NoSuchOp"
-        return m
+        return m, stored
 
     monkeypatch.setattr(c, "rewrite_graph", broken)
     out = tmp_path / "out.onnx"

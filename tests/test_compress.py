@@ -167,3 +167,40 @@ def test_inspect_lists_bytes_and_errors_per_bit_width():
     # the 4-bit prediction equals what compress does
     got = oc.compress(ALL["conv"](), bits=4, min_elements=64, verify=False).report.tensors[0].rel_error
     assert got == pytest.approx(c.by_bits[4][1], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bits,opset,ir,target,expected",
+    [
+        (4, 21, 10, "1.24.4", "uint4"),
+        (2, 25, 11, "1.24.4", "uint2"),
+        (4, 21, 10, "1.16", "planes"),  # onnxruntime 1.16-1.22 cannot Cast uint4
+        (4, 17, 8, "1.24.4", "planes"),  # uint4 needs opset 21
+        (3, 21, 10, "1.24.4", "planes"),  # no native 3-bit type
+    ],
+)
+def test_native_sub_byte_indices_when_opset_and_target_allow(bits, opset, ir, target, expected):
+    from models import F, helper, make_model, weight
+
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", F, [3, 48])],
+        [("y", F, [3, 40])],
+        [("W", weight(48, 40))],
+        opset=opset,
+        ir=ir,
+    )
+    result = oc.compress(model, bits=bits, min_elements=64, target_ort=target)
+    assert result.report.tensors[0].indices == expected
+    onnx.checker.check_model(result.model, full_check=True)
+    types = {i.data_type for i in result.model.graph.initializer}
+    assert (onnx.TensorProto.UINT4 in types) == (expected == "uint4")
+    assert (onnx.TensorProto.UINT2 in types) == (expected == "uint2")
+    assert any(n.op_type == "BitShift" for n in result.model.graph.node) == (expected == "planes")
+    meta = json.loads({p.key: p.value for p in result.model.metadata_props}["onnxcompress.tensors"])
+    assert meta["W"]["indices"] == expected
+    reference = reference_with_decoded_weights(model, bits, "tensor")
+    feed = feed_for(model)
+    np.testing.assert_array_equal(run(result.model, feed)[0], run(reference, feed)[0])
+    index_bytes = sum(len(i.raw_data) for i in result.model.graph.initializer if "indices" in i.name)
+    assert index_bytes == (48 * 40 * bits + 7) // 8

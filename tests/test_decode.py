@@ -36,7 +36,8 @@ def test_pack_plane_round_trip(width, n):
 def decoded_in_onnxruntime(cb, dtype=np.float32, opset=17):
     out = gs.Variable("W", dtype=dtype, shape=list(cb.shape))
     onnx_dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    graph = gs.Graph(nodes=build_decoder(cb, "W", out, onnx_dtype, opset), outputs=[out], opset=opset)
+    nodes, _ = build_decoder(cb, "W", out, onnx_dtype, opset)
+    graph = gs.Graph(nodes=nodes, outputs=[out], opset=opset)
     model = gs.export_onnx(graph)
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -69,7 +70,7 @@ def test_indices_are_stored_at_exactly_bits_bits():
     for bits in range(1, 9):
         cb = encode_codebook(w, CodebookOptions(bits=bits))
         out = gs.Variable("W", dtype=np.float32, shape=list(w.shape))
-        nodes = build_decoder(cb, "W", out, onnx.TensorProto.FLOAT, 17)
+        nodes, _ = build_decoder(cb, "W", out, onnx.TensorProto.FLOAT, 17)
         stored = sum(t.values.nbytes for n in nodes for t in n.inputs if isinstance(t, gs.Constant) and "indices" in t.name)
         assert stored == sum(-(-w.size // (8 // wd)) for wd, _ in plane_widths(bits)) if bits < 8 else w.size
         assert stored <= -(-w.size * bits // 8) + 3
