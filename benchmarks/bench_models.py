@@ -20,17 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 import onnxruntime as ort
+from harness import LATENCY_SLICE, latency_ratio, load_cost, model_inputs, session, sliced, task_result
 
 import onnxcompress
 from onnxcompress.verify import compare
@@ -39,148 +35,6 @@ RESULTS = Path(__file__).parent / "results"
 DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")
 MODELS = ["minilm_l6", "ppocrv6_rec_small", "silero_vad_seq", "mtcnn_onet"]
 SETTINGS = {"8": dict(bits=8), "4": dict(bits=4), "4c": dict(bits=4, granularity="channel")}
-# a slice of each feed for the latency loop (batch-like first axis), so a run takes ~10-100 ms
-LATENCY_SLICE = {"minilm_l6": 8, "ppocrv6_rec_small": 4, "silero_vad_seq": 256, "mtcnn_onet": 16}
-
-
-def load_feed(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as d:
-        feeds: dict[int, dict] = {}
-        for key in d.files:
-            m = re.fullmatch(r"(.+)@(\d+)", key)
-            name, k = (m.group(1), int(m.group(2))) if m else (key, 0)
-            feeds.setdefault(k, {})[name] = d[key]
-    return feeds[0]
-
-
-def session(path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-# -- task results -------------------------------------------------------------------------------
-
-
-def ctc_greedy(probs: np.ndarray, charset: list[str]) -> str:
-    ids, out, prev = probs.argmax(-1), [], -1
-    for i in ids:
-        if i != prev and i != 0 and i < len(charset):
-            out.append(charset[i])
-        prev = i
-    return "".join(out)
-
-
-def edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        diag, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (ca != cb))
-    return row[len(b)]
-
-
-def task_result(name: str, model_path: Path, outs: dict, ref: dict, labels: dict) -> dict:
-    if name == "minilm_l6":
-        e, r = outs["sentence_embedding"], ref["sentence_embedding"]
-        cos = (e * r).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1))
-
-        def neighbours(x):
-            s = x @ x.T
-            np.fill_diagonal(s, -np.inf)
-            return s.argmax(1)
-
-        nn = float((neighbours(e) == neighbours(r)).mean())
-        return {
-            "summary": f"cos mean {cos.mean():.4f} min {cos.min():.4f}, same neighbour {nn:.1%}",
-            "min_cos": float(cos.min()),
-            "nn_agreement": nn,
-            "unchanged": nn == 1.0 and cos.min() > 0.99,
-        }
-    if name == "ppocrv6_rec_small":
-        meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
-        charset = ["blank"] + meta["character"].splitlines() + [" "]
-        probs = next(iter(outs.values()))
-        preds = [ctc_greedy(probs[i], charset) for i in range(probs.shape[0])]
-        truth = labels["texts"]
-        exact = sum(p == t for p, t in zip(preds, truth, strict=True))
-        cer = float(np.mean([edit_distance(p, t) / max(1, len(t)) for p, t in zip(preds, truth, strict=True)]))
-        return {
-            "summary": f"exact {exact}/{len(truth)}, CER {cer:.3f}",
-            "exact": exact,
-            "cer": cer,
-            "unchanged": exact == len(truth),
-        }
-    if name == "silero_vad_seq":
-        p = outs["speech_probs"]
-        t = (np.arange(len(p)) + 0.5) * labels.get("frame_s", 0.032)
-        truth = np.zeros(len(p), bool)
-        for a, b, _ in labels["speech_segments_s"]:
-            truth |= (t >= a) & (t < b)
-        return decisions(p, ref["speech_probs"], truth, "vs speech times")
-    if name == "mtcnn_onet":
-        return decisions(outs["face_prob"][:, 1], ref["face_prob"][:, 1], np.array(labels["is_face"]) == 1, "accuracy")
-    return {"summary": "", "unchanged": None}
-
-
-def decisions(p: np.ndarray, ref: np.ndarray, truth: np.ndarray, what: str) -> dict:
-    """Binary decisions at p > 0.5: agreement with the original's, and accuracy on the labels.
-    Unchanged means every decision is the same."""
-    same = float(((p > 0.5) == (ref > 0.5)).mean())
-    acc, acc_ref = float(((p > 0.5) == truth).mean()), float(((ref > 0.5) == truth).mean())
-    return {
-        "summary": f"same decisions {same:.1%}, {what} {acc:.3f} (original {acc_ref:.3f})",
-        "agreement": same,
-        "accuracy": acc,
-        "unchanged": same == 1.0,
-    }
-
-
-# -- load and latency ------------------------------------------------------------------------------
-
-# VmHWM, not ru_maxrss: ru_maxrss survives execve, so a child would report its parent's peak
-LOAD_SNIPPET = """
-import sys, time
-import onnxruntime as ort
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-base = hwm()
-t0 = time.perf_counter()
-s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-print(time.perf_counter() - t0, hwm(), base)
-"""
-
-
-def load_cost(path: Path, repeats: int = 3) -> tuple[float, float]:
-    """(best load seconds, peak RSS in MiB of a fresh process that imports onnxruntime and
-    creates a session with default options)."""
-    best_t, peak = float("inf"), 0.0
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", LOAD_SNIPPET, str(path)], capture_output=True, text=True, check=True)
-        t, rss, _ = out.stdout.split()
-        best_t, peak = min(best_t, float(t)), max(peak, int(rss) / 1024)
-    return best_t, peak
-
-
-def latency_ratio(a: ort.InferenceSession, b: ort.InferenceSession, feed: dict, seconds: float = 6.0) -> tuple[float, float]:
-    """Median time of b over a, runs interleaved so drift hits both alike. Returns (ratio, a's ms)."""
-    for s in (a, b):
-        s.run(None, feed)
-    ta, tb = [], []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(ta) < 5:
-        for s, acc in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
-            s.run(None, feed)
-            acc.append(time.perf_counter() - t0)
-    return statistics.median(tb) / statistics.median(ta), statistics.median(ta) * 1e3
-
-
-def sliced(feed: dict, n: int) -> dict:
-    lead = max(v.shape[0] for v in feed.values() if v.ndim)
-    return {k: (v[:n] if v.ndim and v.shape[0] == lead else v) for k, v in feed.items()}
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -201,13 +55,10 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            src = args.cache / "models" / f"{name}.onnx"
-            inputs = args.cache / "inputs" / f"{name}.npz"
-            if not src.exists():
+            if not (args.cache / "models" / f"{name}.onnx").exists():
                 print(f"{name}: not in the cache, skipped")
                 continue
-            labels = json.loads((args.cache / "inputs" / f"{name}.labels.json").read_text())
-            feed = load_feed(inputs)
+            src, feed, labels = model_inputs(name, args.cache)
             orig = session(src)
             out_names = [o.name for o in orig.get_outputs()]
             ref = dict(zip(out_names, orig.run(None, feed), strict=True))

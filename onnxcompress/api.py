@@ -23,7 +23,7 @@ from .options import CodebookOptions, SelectOptions, TargetOptions, VerifyOption
 from .report import Report, TensorReport
 from .rewrite import default_opset, rewrite_graph
 from .save import check_output_path, save_model
-from .select import Selection, WeightSite, select_weights
+from .select import Selection, Skipped, WeightSite, select_weights
 from .verify import compare, load_feeds, run, session, synthesize_feed
 
 ModelSource = str | os.PathLike | onnx.ModelProto
@@ -92,6 +92,20 @@ def compress(
             + "; lower --min-elements or check --include/--exclude"
         )
     encoded = encode_all(selection.weights, codebook_o, progress)
+    # a codebook per channel can outweigh what its indices save: such a tensor stays as it is
+    for site, cb in [(s, c) for s, c in encoded if c.index_bytes() + c.codebook_bytes() >= _weight_bytes(s)]:
+        encoded.remove((site, cb))
+        selection.skipped.append(
+            Skipped(
+                site.name,
+                tuple(site.array.shape),
+                f"not smaller as a codebook ({_weight_bytes(site)} -> {cb.index_bytes() + cb.codebook_bytes()} bytes)",
+            )
+        )
+    if not encoded:
+        raise CompressError(
+            "nothing to compress: no weight gets smaller with these settings; try fewer --bits or --granularity tensor"
+        )
     compressed, stored = rewrite_graph(source, encoded, target_o.ort_version())
 
     after = save_model(compressed, out_path) if out_path is not None else compressed.ByteSize()
@@ -158,6 +172,13 @@ def _original_session(loaded: LoadedModel, source: onnx.ModelProto, converted: b
         raise CompressError(f"{e}; the input must run in onnxruntime (try --opset N to convert it)") from None
 
 
+def _weight_bytes(site: WeightSite) -> int:
+    itemsize = (
+        2 if site.onnx_dtype == onnx.TensorProto.BFLOAT16 else onnx.helper.tensor_dtype_to_np_dtype(site.onnx_dtype).itemsize
+    )
+    return site.array.size * itemsize
+
+
 def _tensor_report(site: WeightSite, cb: Codebook, indices: str) -> TensorReport:
     return TensorReport(
         name=site.name,
@@ -166,9 +187,7 @@ def _tensor_report(site: WeightSite, cb: Codebook, indices: str) -> TensorReport
         bits=cb.bits,
         layout=cb.layout if cb.layout != "group" else f"group:{cb.group_size}",
         method=cb.method,
-        bytes_before=site.array.size * onnx.helper.tensor_dtype_to_np_dtype(site.onnx_dtype).itemsize
-        if site.onnx_dtype != onnx.TensorProto.BFLOAT16
-        else site.array.size * 2,
+        bytes_before=_weight_bytes(site),
         bytes_after=cb.index_bytes() + cb.codebook_bytes(),
         rel_error=cb.rel_error,
         indices=indices,

@@ -204,3 +204,22 @@ def test_native_sub_byte_indices_when_opset_and_target_allow(bits, opset, ir, ta
     np.testing.assert_array_equal(run(result.model, feed)[0], run(reference, feed)[0])
     index_bytes = sum(len(i.raw_data) for i in result.model.graph.initializer if "indices" in i.name)
     assert index_bytes == (48 * 40 * bits + 7) // 8
+
+
+def test_a_tensor_that_would_grow_is_left_alone():
+    from models import F, helper, make_model, weight
+
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "A"], ["h"]), helper.make_node("MatMul", ["h", "B"], ["y"])],
+        [("x", F, [3, 48])],
+        [("y", F, [3, 8])],
+        [("A", weight(48, 1000)), ("B", weight(1000, 8))],
+    )
+    # per output channel at 8 bits: A has 1000 columns of 48 values (a 48-level codebook each,
+    # bigger than the column itself); B has 8 columns of 1000 values
+    rep = oc.compress(model, bits=8, granularity="channel", min_elements=64).report
+    assert [t.name for t in rep.tensors] == ["B"]
+    assert rep.skipped[0]["name"] == "A" and "not smaller as a codebook" in rep.skipped[0]["reason"]
+    assert all(t.bytes_after < t.bytes_before for t in rep.tensors)
+    with pytest.raises(oc.CompressError, match="no weight gets smaller"):
+        oc.compress(model, bits=8, granularity="channel", min_elements=64, include="^A$", verify=False)
