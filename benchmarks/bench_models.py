@@ -18,7 +18,6 @@ Writes benchmarks/results/models.md and models.json. The models are never copied
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 import onnxruntime as ort
-from harness import LATENCY_SLICE, latency_ratio, load_cost, model_inputs, session, sliced, task_result
+from harness import LATENCY_SLICE, latency_ratio, load_cost, model_inputs, session, sliced, task_result, write_json
 
 import onnxcompress
 from onnxcompress.verify import compare
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "models.png")
     (args.out / "models.md").write_text(report)
-    (args.out / "models.json").write_text(json.dumps(rows, indent=1))
+    write_json(rows, args.out / "models.json")
     print(report)
     return 0
 

@@ -18,6 +18,11 @@ import onnxruntime as ort
 LATENCY_SLICE = {"minilm_l6": 8, "ppocrv6_rec_small": 4, "silero_vad_seq": 256, "mtcnn_onet": 16, "digits_mlp": 64}
 
 
+def write_json(rows, path: Path) -> None:
+    """Rows as JSON; numpy scalars become plain numbers."""
+    path.write_text(json.dumps(rows, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
 def model_inputs(name: str, cache: Path) -> tuple[Path, dict, dict]:
     """(model path, feed, labels) of a real model from the cache, or of the bundled example."""
     if name == "digits_mlp":
@@ -81,7 +86,7 @@ def task_result(name: str, model_path: Path, outs: dict, ref: dict, labels: dict
             "summary": f"cos mean {cos.mean():.4f} min {cos.min():.4f}, same neighbour {nn:.1%}",
             "min_cos": float(cos.min()),
             "nn_agreement": nn,
-            "unchanged": nn == 1.0 and cos.min() > 0.99,
+            "unchanged": bool(nn == 1.0 and cos.min() > 0.99),
         }
     if name == "ppocrv6_rec_small":
         meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import logging
 import os
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-from harness import LATENCY_SLICE, latency_ratio, load_cost, model_inputs, session, sliced, task_result
+from harness import LATENCY_SLICE, latency_ratio, load_cost, model_inputs, session, sliced, task_result, write_json
 
 import onnxcompress
 from onnxcompress.verify import compare
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
                 dst.unlink(missing_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "suite_quick" if args.quick else "suite"
-    (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+    write_json(rows, args.out / f"{stem}.json")
     report = render(rows, time.perf_counter() - t_start)
     (args.out / f"{stem}.md").write_text(report)
     plot(rows, args.out / f"{stem}.png")

@@ -93,15 +93,15 @@ def compress(
         )
     encoded = encode_all(selection.weights, codebook_o, progress)
     # a codebook per channel can outweigh what its indices save: such a tensor stays as it is
-    for site, cb in [(s, c) for s, c in encoded if c.index_bytes() + c.codebook_bytes() >= _weight_bytes(s)]:
-        encoded.remove((site, cb))
-        selection.skipped.append(
-            Skipped(
-                site.name,
-                tuple(site.array.shape),
-                f"not smaller as a codebook ({_weight_bytes(site)} -> {cb.index_bytes() + cb.codebook_bytes()} bytes)",
-            )
-        )
+    kept = []
+    for site, cb in encoded:
+        after = cb.index_bytes() + cb.codebook_bytes()
+        if after < _weight_bytes(site):
+            kept.append((site, cb))
+        else:
+            reason = f"not smaller as a codebook ({_weight_bytes(site)} -> {after} bytes)"
+            selection.skipped.append(Skipped(site.name, tuple(site.array.shape), reason))
+    encoded = kept
     if not encoded:
         raise CompressError(
             "nothing to compress: no weight gets smaller with these settings; try fewer --bits or --granularity tensor"

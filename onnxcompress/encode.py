@@ -59,6 +59,12 @@ class Codebook:
         return vals.reshape(-1)[: self.n_values].reshape(self.shape)
 
 
+def use_exact(array: np.ndarray, k: int, method: str) -> bool:
+    """--kmeans: exact, binned, or auto (exact for 16-bit weights, whose values fit the core's
+    65536 bins, and where the DP's work n * k is small)."""
+    return method == "exact" or (method == "auto" and (array.dtype == np.float16 or array.size * k <= EXACT_WORK_LIMIT))
+
+
 def storage_dtype(weight_dtype: np.dtype, codebook_dtype: str) -> np.dtype:
     if codebook_dtype == "float16":
         return np.dtype(np.float16)
@@ -86,9 +92,7 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int) -> Codebook
     group_size = options.group_size()
     if options.granularity == "tensor" or array.ndim == 0:
         flat = array.reshape(-1)
-        exact = options.kmeans == "exact" or (
-            options.kmeans == "auto" and (array.dtype == np.float16 or flat.size * k <= EXACT_WORK_LIMIT)
-        )
+        exact = use_exact(array, k, options.kmeans)
         if exact:
             r = kmeans1d(flat, k)
             centroids, labels = r.centroids, r.labels
@@ -162,7 +166,7 @@ def sse_curve(array: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarr
     for a large tensor the binned bound (DP over the bins plus the within-bin SSE, which is
     what those partitions really cost; within about 1e-4 of the optimum)."""
     flat = array.reshape(-1)
-    exact = method == "exact" or (method == "auto" and (array.dtype == np.float16 or flat.size * k <= EXACT_WORK_LIMIT))
+    exact = use_exact(array, k, method)
     if exact:
         return kmeans1d(flat, k).sse_by_k, "exact"
     xd = flat.astype(np.float64)
