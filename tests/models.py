@@ -30,12 +30,24 @@ def make_model(nodes, inputs, outputs, inits=(), opset: int = 17, ir: int = 8) -
 F = TensorProto.FLOAT
 
 
-def matmul():
+def matmul(opset: int = 17, ir: int = 8):
     return make_model(
         [helper.make_node("MatMul", ["x", "W"], ["y"])],
         [("x", F, ["batch", 48])],
         [("y", F, ["batch", 40])],
         [("W", weight(48, 40))],
+        opset=opset,
+        ir=ir,
+    )
+
+
+def matmul_chain(first: str, first_shape: tuple[int, int], second: str, second_shape: tuple[int, int]):
+    """x @ first @ second, for tests about two weights of different shapes."""
+    return make_model(
+        [helper.make_node("MatMul", ["x", first], ["h"]), helper.make_node("MatMul", ["h", second], ["y"])],
+        [("x", F, [3, first_shape[0]])],
+        [("y", F, [3, second_shape[1]])],
+        [(first, weight(*first_shape)), (second, weight(*second_shape))],
     )
 
 

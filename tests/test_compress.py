@@ -15,7 +15,7 @@ from onnxcompress.options import CodebookOptions, SelectOptions
 from onnxcompress.rewrite import substitute_decoded
 from onnxcompress.select import select_weights
 
-from models import ALL, feed_for
+from models import ALL, feed_for, matmul, matmul_chain
 
 
 def run(model: onnx.ModelProto, feed):
@@ -180,16 +180,7 @@ def test_inspect_lists_bytes_and_errors_per_bit_width():
     ],
 )
 def test_native_sub_byte_indices_when_opset_and_target_allow(bits, opset, ir, target, expected):
-    from models import F, helper, make_model, weight
-
-    model = make_model(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        [("x", F, [3, 48])],
-        [("y", F, [3, 40])],
-        [("W", weight(48, 40))],
-        opset=opset,
-        ir=ir,
-    )
+    model = matmul(opset, ir)
     result = oc.compress(model, bits=bits, min_elements=64, target_ort=target)
     assert result.report.tensors[0].indices == expected
     onnx.checker.check_model(result.model, full_check=True)
@@ -207,14 +198,7 @@ def test_native_sub_byte_indices_when_opset_and_target_allow(bits, opset, ir, ta
 
 
 def test_a_tensor_that_would_grow_is_left_alone():
-    from models import F, helper, make_model, weight
-
-    model = make_model(
-        [helper.make_node("MatMul", ["x", "A"], ["h"]), helper.make_node("MatMul", ["h", "B"], ["y"])],
-        [("x", F, [3, 48])],
-        [("y", F, [3, 8])],
-        [("A", weight(48, 1000)), ("B", weight(1000, 8))],
-    )
+    model = matmul_chain("A", (48, 1000), "B", (1000, 8))
     # per output channel at 8 bits: A has 1000 columns of 48 values (a 48-level codebook each,
     # bigger than the column itself); B has 8 columns of 1000 values
     rep = oc.compress(model, bits=8, granularity="channel", min_elements=64).report

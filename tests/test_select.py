@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from onnxcompress.options import SelectOptions
 from onnxcompress.select import select_weights
 
-from models import F, make_model, weight
+from models import F, make_model, matmul_chain, weight
 
 
 def names(model, **opts):
@@ -83,12 +83,7 @@ def test_custom_domain_consumers_are_left_alone():
 
 
 def test_threshold_and_regexes():
-    m = make_model(
-        [helper.make_node("MatMul", ["x", "enc.W"], ["a"]), helper.make_node("MatMul", ["a", "dec.W"], ["y"])],
-        [("x", F, [2, 16])],
-        [("y", F, [2, 8])],
-        [("enc.W", weight(16, 16)), ("dec.W", weight(16, 8))],
-    )
+    m = matmul_chain("enc.W", (16, 16), "dec.W", (16, 8))
     assert names(m)[0] == ["enc.W", "dec.W"]
     assert names(m, min_elements=200)[0] == ["enc.W"]
     assert names(m, include=r"^dec")[0] == ["dec.W"]
