@@ -147,6 +147,26 @@ def if_branch():
     )
 
 
+def loop_body():
+    """A main-graph weight read only inside a Loop body: v <- v @ W, three times."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["v_in", "W"], ["v_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", F, [3, 40]),
+        ],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", F, [3, 40])],
+    )
+    return make_model(
+        [helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)],
+        [("x", F, [3, 40])],
+        [("y", F, [3, 40])],
+        [("trips", np.array(3, dtype=np.int64)), ("W", weight(40, 40) * 0.5)],
+    )
+
+
 def float16_and_double():
     return make_model(
         [
@@ -171,6 +191,7 @@ ALL = {
     "mul_add_einsum": elementwise_and_einsum,
     "constant_node": constant_node,
     "if_branch": if_branch,
+    "loop_body": loop_body,
     "float16_float64": float16_and_double,
 }
 
