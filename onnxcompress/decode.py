@@ -179,7 +179,8 @@ class _Builder:
     """Names every decode tensor and node after the weight: `<weight>::codebook`, ..."""
 
     def __init__(self, name: str) -> None:
-        self.name, self.nodes, self._n = name, [], 0
+        self.name, self._n = name, 0
+        self.nodes: list[gs.Node] = []
 
     def const(self, what: str, values: np.ndarray) -> gs.Constant:
         self._n += 1

@@ -89,7 +89,6 @@ def encode_codebook(array: np.ndarray, options: CodebookOptions, axis: int = 0) 
 def _cluster(array: np.ndarray, options: CodebookOptions, axis: int) -> Codebook:
     bits, k = options.bits, 1 << options.bits
     store = storage_dtype(array.dtype, options.codebook_dtype)
-    group_size = options.group_size()
     if options.granularity == "tensor" or array.ndim == 0:
         flat = array.reshape(-1)
         exact = use_exact(array, k, options.kmeans)
@@ -112,33 +111,35 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int) -> Codebook
     if options.granularity == "channel":
         axis = axis % array.ndim
         rows = np.ascontiguousarray(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1)
-        r = kmeans1d_batched(rows, min(k, rows.shape[1]))
+        per_channel = kmeans1d_batched(rows, min(k, rows.shape[1]))
         return Codebook(
             tuple(array.shape),
             bits,
             "channel",
             axis,
             rows.shape[1],
-            r.centroids.astype(store),
-            r.labels,
+            per_channel.centroids.astype(store),
+            per_channel.labels,
             "exact",
             0.0,
         )
+    group_size = options.group_size()
+    assert group_size is not None  # the only layout left is group:N
     flat = array.reshape(-1)
     groups = -(-flat.size // group_size)
     padded = np.zeros(groups * group_size, dtype=flat.dtype)
     padded[: flat.size] = flat
     weights = np.zeros(padded.size, dtype=np.float32)
     weights[: flat.size] = 1.0  # padding weighs nothing: it never moves a centroid
-    r = kmeans1d_batched(padded.reshape(groups, group_size), min(k, group_size), weights.reshape(groups, group_size))
+    per_group = kmeans1d_batched(padded.reshape(groups, group_size), min(k, group_size), weights.reshape(groups, group_size))
     return Codebook(
         tuple(array.shape),
         bits,
         "group",
         0,
         group_size,
-        r.centroids.astype(store),
-        r.labels,
+        per_group.centroids.astype(store),
+        per_group.labels,
         "exact",
         0.0,
     )

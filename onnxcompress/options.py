@@ -105,7 +105,7 @@ OPTION_GROUPS = (SelectOptions, CodebookOptions, TargetOptions, VerifyOptions)
 def add_arguments(parser: argparse.ArgumentParser, groups: tuple[type, ...] = OPTION_GROUPS) -> None:
     """One flag per dataclass field: --min-elements, --bits, ..., --verify/--no-verify."""
     for group_cls in groups:
-        group = parser.add_argument_group(group_cls.__doc__.strip().rstrip("."))
+        group = parser.add_argument_group((group_cls.__doc__ or group_cls.__name__).strip().rstrip("."))
         hints = get_type_hints(group_cls)
         for f in dataclasses.fields(group_cls):
             flag = "--" + f.name.replace("_", "-")
@@ -126,7 +126,7 @@ def groups_from_args(args: argparse.Namespace) -> dict[type, Any]:
 
 def groups_from_kwargs(kwargs: dict[str, Any]) -> dict[type, Any]:
     """Split compress(**kwargs) into the option groups; unknown names are an error."""
-    out = {}
+    out: dict[type, Any] = {}
     remaining = dict(kwargs)
     for cls in OPTION_GROUPS:
         names = {f.name for f in dataclasses.fields(cls)}

@@ -65,7 +65,7 @@ class Report:
             ("after", "right"),
             ("weight error", "right"),
         ]:
-            t.add_column(col, justify=just, overflow="fold", no_wrap=col != "tensor")
+            t.add_column(col, justify="left" if just == "left" else "right", overflow="fold", no_wrap=col != "tensor")
         for r in sorted(self.tensors, key=lambda r: -r.bytes_before):
             t.add_row(
                 r.name,
@@ -107,8 +107,9 @@ def make_console(stderr: bool = False) -> Console:
 
 
 def human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+    value = float(n)
+    for unit in ("B", "KB", "MB"):
+        if abs(value) < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
