@@ -4,7 +4,8 @@
  * counting pass into 65536 bins when every value is an exact fp16 or bf16 number, otherwise a
  * radix sort), then a dynamic programme over the m points finds the partition into k intervals
  * with the least weighted sum of squares. Each DP layer is a row-minima search in a totally
- * monotone matrix (SMAWK, O(m)); the argmin table is kept while it fits `table_budget` bytes,
+ * monotone matrix, by monotone divide and conquer bounded below by the previous layer's
+ * argmins; the argmin table (2 bits an entry) is kept while it fits `table_budget` bytes,
  * past that the partition is found by Hirschberg-style recursion in O(m) memory.
  *
  * C99, no globals, thread safe: every call owns its memory.
