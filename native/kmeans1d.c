@@ -539,6 +539,23 @@ static int pow2_exponent(double a)
     return e < -480 ? -480 : e;
 }
 
+/* Weighted mean of points [a, b), taken around the cluster's first value so that close values
+ * keep their differences (around the data's mean they can be absorbed); in the scaled units
+ * y = (v * s0 - mu) * s1 only if that would overflow (a cluster spanning over DBL_MAX). */
+static double cluster_mean(const rec_t *pts, size_t a, size_t b, double s0, double mu, double s1)
+{
+    double base = pts[a].p.v, sw = 0.0, sd = 0.0; /* unscaled weights: a tiny one must not underflow */
+    for (size_t i = a; i < b; i++) {
+        sw += pts[i].p.w;
+        sd += pts[i].p.w * (pts[i].p.v - base);
+    }
+    double mean = base + sd / sw;
+    if (fabs(mean) <= DBL_MAX) return mean;
+    double sy = 0.0;
+    for (size_t i = a; i < b; i++) sy += pts[i].p.w * ((pts[i].p.v * s0 - mu) * s1);
+    return (sy / sw / s1 + mu) / s0;
+}
+
 static int cluster_group(workspace_t *ws, const void *x, int xd, const void *w, int wd, size_t n,
                          uint32_t k, size_t budget, size_t base, void *labels, double *centroids,
                          double *sse_by_k, uint32_t *n_clusters, double *sse, size_t *bad)
@@ -606,24 +623,34 @@ static int cluster_group(workspace_t *ws, const void *x, int xd, const void *w, 
     if (rc != OC_OK) return rc;
     for (uint32_t j = 0; j < k; j++) sse_by_k[j] = j < kc ? ldexp(sse_by_k[j], 2 * (e0 + e1) + ew) : 0.0;
 
-    /* 5. centroids (weighted means, exactly), their SSE, each cluster's value range */
-    double total = 0.0;
+    /* 5. centroids, then every point at its nearest centroid. In exact arithmetic the optimal
+     * partition already is; the DP's prefix sums cancel, so it can misplace a boundary between
+     * values closer than ~1e-8 of the data's range. Moving such a point lowers the SSE. */
+    uint32_t *st = ws->starts;
+    for (uint32_t c = 0; c < kc; c++) ws->cent[c] = cluster_mean(ws->pts, st[c], c + 1 < kc ? st[c + 1] : m, s0, mu, s1);
+    for (int pass = 0, moved = 1; moved && pass < 64; pass++) {
+        moved = 0;
+        for (uint32_t c = 0; c + 1 < kc; c++) {
+            size_t b = st[c + 1], end = c + 2 < kc ? st[c + 2] : m;
+            while (b - st[c] > 1 && fabs(ws->pts[b - 1].p.v - ws->cent[c + 1]) < fabs(ws->pts[b - 1].p.v - ws->cent[c])) b--;
+            while (end - b > 1 && fabs(ws->pts[b].p.v - ws->cent[c]) < fabs(ws->pts[b].p.v - ws->cent[c + 1])) b++;
+            if (b != st[c + 1]) {
+                st[c + 1] = (uint32_t)b;
+                ws->cent[c] = cluster_mean(ws->pts, st[c], b, s0, mu, s1);
+                ws->cent[c + 1] = cluster_mean(ws->pts, b, end, s0, mu, s1);
+                moved = 1;
+            }
+        }
+    }
+    /* their SSE (differences taken in the values' own units, then scaled by powers of two) */
+    double total = 0.0, scale = s0 * s1;
     for (uint32_t c = 0; c < kc; c++) {
-        size_t a = ws->starts[c], b = c + 1 < kc ? ws->starts[c + 1] : m;
-        double sw = 0.0, sy = 0.0; /* unscaled weights: a tiny weight must not underflow */
+        size_t a = st[c], b = c + 1 < kc ? st[c + 1] : m;
         for (size_t i = a; i < b; i++) {
-            double wi = ws->pts[i].p.w;
-            sw += wi;
-            sy += wi * ((ws->pts[i].p.v * s0 - mu) * s1);
+            double d = (ws->pts[i].p.v - ws->cent[c]) * scale;
+            total += ws->pts[i].p.w * d * d;
         }
-        double cv = (sy / sw / s1 + mu) / s0;
-        double cy = (cv * s0 - mu) * s1, part = 0.0;
-        for (size_t i = a; i < b; i++) {
-            double d = (ws->pts[i].p.v * s0 - mu) * s1 - cy;
-            part += ws->pts[i].p.w * d * d;
-        }
-        total += part;
-        ws->cent[c] = centroids[c] = cv;
+        centroids[c] = ws->cent[c];
         ws->lower[c] = ws->pts[a].p.v;
         ws->upper[c] = ws->pts[b - 1].p.v;
     }
