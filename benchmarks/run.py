@@ -83,13 +83,17 @@ def tools(quick: bool) -> dict:
 # -- measuring one tool on one model ----------------------------------------------------------------
 
 
+def _why(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+
+
 def measure(name, src, feed, labels, ref, out_names, tool, dst, latency_s, repeats) -> dict:
     row: dict = {"model": name}
     t0 = time.perf_counter()
     try:
         tool(src, dst)
     except Exception as e:  # noqa: BLE001 - a peer that cannot handle a model is a result too
-        return {**row, "error": f"compress: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
+        return {**row, "error": f"compress: {_why(e)}"}
     row["compress_s"] = time.perf_counter() - t0
     data = dst.read_bytes()
     row["bytes"] = len(data)
@@ -98,7 +102,7 @@ def measure(name, src, feed, labels, ref, out_names, tool, dst, latency_s, repea
         comp = session(dst)
         outs = dict(zip(out_names, comp.run(None, feed), strict=True))
     except Exception as e:  # noqa: BLE001
-        return {**row, "error": f"run: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
+        return {**row, "error": f"run: {_why(e)}"}
     diffs = compare(out_names, [[ref[n] for n in out_names]], [[outs[n] for n in out_names]])
     row["rel_l2"] = max(d.rel_l2 for d in diffs)
     row["cosine"] = min(d.cosine for d in diffs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .decode import check_opset
 from .encode import Codebook, encode_codebook, sse_curve
-from .errors import CompressError, VerificationError
+from .errors import CompressError, VerificationError, first_line
 from .load import LoadedModel, load_model
 from .options import CodebookOptions, SelectOptions, TargetOptions, VerifyOptions, groups_from_kwargs
 from .report import Report, TensorReport
@@ -95,7 +96,7 @@ def compress(
     # a codebook per channel can outweigh what its indices save: such a tensor stays as it is
     kept = []
     for site, cb in encoded:
-        after = cb.index_bytes() + cb.codebook_bytes()
+        after = cb.stored_bytes()
         if after < _weight_bytes(site):
             kept.append((site, cb))
         else:
@@ -158,8 +159,7 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         converted.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)]))
         onnx.checker.check_model(converted)
     except Exception as e:  # noqa: BLE001 - the converter raises many types
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CompressError(f"cannot convert the model from opset {current} to {opset}: {msg}") from None
+        raise CompressError(f"cannot convert the model from opset {current} to {opset}: {first_line(e, 160)}") from None
     return converted
 
 
@@ -188,7 +188,7 @@ def _tensor_report(site: WeightSite, cb: Codebook, indices: str) -> TensorReport
         layout=cb.layout if cb.layout != "group" else f"group:{cb.group_size}",
         method=cb.method,
         bytes_before=_weight_bytes(site),
-        bytes_after=cb.index_bytes() + cb.codebook_bytes(),
+        bytes_after=cb.stored_bytes(),
         rel_error=cb.rel_error,
         indices=indices,
         seconds=cb.seconds,
@@ -197,7 +197,7 @@ def _tensor_report(site: WeightSite, cb: Codebook, indices: str) -> TensorReport
 
 def _progress(enabled: bool):
     if not enabled:
-        return _NoProgress()
+        return nullcontext()
     from rich.console import Console
 
     return Progress(
@@ -208,14 +208,6 @@ def _progress(enabled: bool):
         console=Console(stderr=True),
         transient=True,
     )
-
-
-class _NoProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # -- inspect ------------------------------------------------------------------------------------

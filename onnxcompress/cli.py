@@ -10,6 +10,7 @@ Exit codes: 0 done, 1 the compressed model failed to load or run, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -99,7 +100,7 @@ def _inspect(argv: list[str]) -> int:
     p.add_argument("--kmeans", choices=["auto", "exact", "binned"], default="auto", help="as for compressing")
     add_arguments(p, (SelectOptions,))
     args = p.parse_args(argv)
-    sel = {k: getattr(args, k) for k in ("min_elements", "include", "exclude")}
+    sel = {f.name: getattr(args, f.name) for f in dataclasses.fields(SelectOptions)}
     candidates, selection = inspect(args.model, kmeans=args.kmeans, **sel)
     console = make_console()
     t = Table(

@@ -50,6 +50,10 @@ class Codebook:
     def codebook_bytes(self) -> int:
         return int(self.centroids.nbytes)
 
+    def stored_bytes(self) -> int:
+        """What the weight costs in the file: packed indices plus codebook."""
+        return self.index_bytes() + self.codebook_bytes()
+
     def decoded(self) -> np.ndarray:
         """The weight exactly as the decode nodes rebuild it, before the final cast."""
         vals = np.take_along_axis(self.centroids, self.labels.astype(np.intp), axis=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import CompressError
+from .errors import CompressError, first_line
 
 
 @dataclass
@@ -83,5 +83,4 @@ def _all_tensors(graph: onnx.GraphProto):
 
 
 def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:160]
+    return first_line(e, 160)

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import CompressError, VerificationError
+from .errors import CompressError, VerificationError, first_line
 
 
 @dataclass
@@ -30,8 +30,7 @@ def session(model: onnx.ModelProto | Path, what: str) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises several types
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise VerificationError(f"onnxruntime {ort.__version__} cannot load {what}: {msg}") from None
+        raise VerificationError(f"onnxruntime {ort.__version__} cannot load {what}: {first_line(e, 200)}") from None
 
 
 def load_feeds(path: Path) -> list[dict[str, np.ndarray]]:
@@ -96,8 +95,7 @@ def run(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], what: st
     try:
         return [sess.run(None, feed) for feed in feeds]
     except Exception as e:  # noqa: BLE001
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise VerificationError(f"{what} failed to run in onnxruntime: {msg}") from None
+        raise VerificationError(f"{what} failed to run in onnxruntime: {first_line(e, 200)}") from None
 
 
 def compare(names: list[str], reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> list[OutputDiff]:
