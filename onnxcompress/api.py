@@ -17,7 +17,7 @@ import onnx.version_converter
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .decode import check_opset
-from .encode import Codebook, encode_codebook, sse_curve
+from .encode import Codebook, encode_codebook, sse_curve, storage_dtype
 from .errors import CompressError, VerificationError, first_line
 from .load import LoadedModel, load_model
 from .options import CodebookOptions, SelectOptions, TargetOptions, VerifyOptions, groups_from_kwargs
@@ -234,10 +234,12 @@ def inspect(model: ModelSource, *, kmeans: str = "auto", **select_options: Any) 
     for site in selection.weights:
         curve, method = sse_curve(site.array, 256, kmeans)
         total = float(np.sum(site.array.astype(np.float64) ** 2))
+        entry = storage_dtype(site.array.dtype, "auto").itemsize  # as compress stores the codebook
         by_bits = {}
         for bits in range(1, 9):
             k = 1 << bits
             sse = curve[min(k, len(curve)) - 1]
-            by_bits[bits] = ((site.array.size * bits + 7) // 8 + k * 4, float(np.sqrt(max(sse, 0.0) / total)) if total else 0.0)
-        out.append(Candidate(site.name, list(site.array.shape), site.consumer_ops, int(site.array.nbytes), method, by_bits))
+            error = float(np.sqrt(max(sse, 0.0) / total)) if total else 0.0
+            by_bits[bits] = ((site.array.size * bits + 7) // 8 + k * entry, error)
+        out.append(Candidate(site.name, list(site.array.shape), site.consumer_ops, _weight_bytes(site), method, by_bits))
     return out, selection

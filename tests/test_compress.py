@@ -158,6 +158,15 @@ def test_unknown_option_is_a_type_error():
         oc.compress(ALL["matmul"](), bitz=4)
 
 
+def test_inspect_counts_bytes_as_compress_stores_them():
+    candidates, _ = oc.inspect(ALL["float16_float64"](), min_elements=64)
+    by_name = {c.name: c for c in candidates}
+    assert by_name["W16"].bytes == 48 * 40 * 2 and by_name["W16"].by_bits[8][0] == 48 * 40 + 256 * 2
+    assert by_name["W64"].bytes == 48 * 40 * 8 and by_name["W64"].by_bits[4][0] == 48 * 40 // 2 + 16 * 8
+    rep = oc.compress(ALL["float16_float64"](), bits=4, min_elements=64, verify=False).report
+    assert {t.name: t.bytes_after for t in rep.tensors}["W64"] == by_name["W64"].by_bits[4][0]
+
+
 def test_inspect_lists_bytes_and_errors_per_bit_width():
     candidates, _ = oc.inspect(ALL["conv"](), min_elements=64)
     c = candidates[0]
