@@ -9,7 +9,9 @@ time and load-time peak RSS (a fresh process each), steady-state latency relativ
 original (interleaved in one process), output fidelity (worst relative L2 error, lowest
 cosine over the outputs) and the model's task result, on the model's real inputs.
 
-Tools: onnxcompress codebooks at 8, 6, 4 and 3 bits per tensor and per channel;
+Tools: onnxcompress codebooks at 8, 6, 4 and 3 bits per tensor and per channel; low-rank
+pairs at energies 0.999, 0.99 and 0.95, pairs of 8-bit codebooks at 0.99, and --method auto
+at 8 and 4 bits;
 onnxruntime's quantize_dynamic (int8); MatMulNBitsQuantizer (4 bits, block 32, symmetric);
 float16 conversion with onnxconverter-common. A tool that fails on a model is reported with
 its error. --quick: the three small models and fewer settings, in under five minutes.
@@ -44,9 +46,9 @@ QUICK = ["digits_mlp", "silero_vad_seq", "mtcnn_onet"]
 # -- the tools: each writes a compressed copy of src to dst --------------------------------------
 
 
-def onnxcompress_tool(bits: int, granularity: str):
+def onnxcompress_tool(**options):
     def run(src: Path, dst: Path) -> None:
-        onnxcompress.compress(src, dst, force=True, bits=bits, granularity=granularity, verify=False)
+        onnxcompress.compress(src, dst, force=True, verify=False, **options)
 
     return run
 
@@ -75,7 +77,15 @@ def tools(quick: bool) -> dict:
     settings = (
         [(8, "tensor"), (4, "tensor"), (4, "channel")] if quick else [(b, g) for g in ("tensor", "channel") for b in (8, 6, 4, 3)]
     )
-    out = {f"onnxcompress {b} bit" + (" channel" if g == "channel" else ""): onnxcompress_tool(b, g) for b, g in settings}
+    out = {
+        f"onnxcompress {b} bit" + (" channel" if g == "channel" else ""): onnxcompress_tool(bits=b, granularity=g)
+        for b, g in settings
+    }
+    energies = [0.99] if quick else [0.999, 0.99, 0.95]
+    out.update({f"onnxcompress lowrank e{e}": onnxcompress_tool(method="lowrank", energy=e) for e in energies})
+    out["onnxcompress lowrank+kmeans e0.99 8 bit"] = onnxcompress_tool(method="lowrank+kmeans", energy=0.99, bits=8)
+    for b in [8] if quick else [8, 4]:
+        out[f"onnxcompress auto {b} bit"] = onnxcompress_tool(method="auto", bits=b)
     out.update({"quantize_dynamic int8": quantize_dynamic_int8, "MatMulNBits 4 bit b32": matmul_nbits_4, "float16": float16})
     return out
 
@@ -202,6 +212,13 @@ def render(rows: list[dict], seconds: float) -> str:
     return "\n".join(out) + "\n"
 
 
+def family(tool: str) -> str:
+    words = tool.split()
+    if words[0] == "onnxcompress" and words[1].startswith("lowrank"):
+        return "onnxcompress lowrank"
+    return "onnxcompress auto" if words[:2] == ["onnxcompress", "auto"] else words[0]
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Per model: file size against output error, one point per tool and setting."""
     import matplotlib
@@ -213,6 +230,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.8), dpi=110, squeeze=False)
     styles = {
         "onnxcompress": ("o", "tab:blue"),
+        "onnxcompress lowrank": ("P", "tab:purple"),
+        "onnxcompress auto": ("*", "tab:orange"),
         "quantize_dynamic": ("s", "tab:red"),
         "MatMulNBits": ("^", "tab:green"),
         "float16": ("D", "tab:gray"),
@@ -222,7 +241,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for r in rows:
             if r["model"] != name or r["tool"] == "original" or "error" in r:
                 continue
-            marker, color = styles[r["tool"].split()[0]]
+            marker, color = styles[family(r["tool"])]
             filled = "channel" not in r["tool"]
             ax.plot(
                 100 * r["bytes"] / base["bytes"],
@@ -236,6 +255,8 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.annotate(
                 r["tool"]
                 .replace("onnxcompress ", "")
+                .replace("lowrank+kmeans ", "lr+k ")
+                .replace("lowrank ", "lr ")
                 .replace(" channel", "c")
                 .replace("quantize_dynamic ", "")
                 .replace("MatMulNBits 4 bit b32", "nbits4")
@@ -251,7 +272,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("worst output relative L2 error", fontsize=8)
     handles = [plt.Line2D([], [], marker=m, color=c, linestyle="none", label=k) for k, (m, c) in styles.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=len(styles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path)
     plt.close(fig)

@@ -7,14 +7,16 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from .api import Candidate, CompressResult, compress, inspect  # noqa: E402
-from .errors import CompressError, VerificationError  # noqa: E402
+from .api import Candidate, CompressResult, compare_models, compress, inspect  # noqa: E402
+from .errors import CompressError, TargetError, VerificationError  # noqa: E402
 from .kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans1d_batched  # noqa: E402
 
 __all__ = [
     "__version__",
     "compress",
     "inspect",
+    "compare_models",
+    "TargetError",
     "CompressResult",
     "Candidate",
     "CompressError",

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,18 +12,31 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.version_converter
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .decode import check_opset
-from .encode import Codebook, encode_codebook, sse_curve, storage_dtype
+from .encode import sse_curve, storage_dtype
 from .errors import CompressError, VerificationError, first_line
 from .load import LoadedModel, load_model
-from .options import CodebookOptions, SelectOptions, TargetOptions, VerifyOptions, groups_from_kwargs
+from .calibrate import importances
+from .lowrank import multiply_adds
+from .plan import Calibration, make_plan
+from .methods import EncodedWeight, encode_weights, weight_bytes
+from .options import (
+    CodebookOptions,
+    LowRankOptions,
+    MethodOptions,
+    PlanOptions,
+    SelectOptions,
+    TargetOptions,
+    VerifyOptions,
+    groups_from_kwargs,
+)
 from .report import Report, TensorReport
-from .rewrite import default_opset, rewrite_graph
+from .rewrite import default_opset, record, rewrite_casts, rewrite_graph
+from .rewrite_lowrank import rewrite_pairs
 from .save import check_output_path, save_model
-from .select import Selection, Skipped, WeightSite, select_weights
-from .verify import compare, load_feeds, run, session, synthesize_feed
+from .select import Selection, select_weights
+from .verify import OutputDiff, compare, error_of, load_feeds, run, session, synthesize_feed
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 
@@ -43,22 +54,37 @@ def compress(
     force: bool = False,
     report_json: str | os.PathLike | None = None,
     progress: bool = False,
+    calibration: str | os.PathLike | dict | list[dict] | None = None,
     **options: Any,
 ) -> CompressResult:
-    """Replace every large float weight of `model` by a k-means codebook and packed indices.
+    """Replace every large float weight of `model` by a k-means codebook and packed indices,
+    or (method="lowrank", "lowrank+kmeans", "auto") by a pair of low-rank factors.
 
-    Options (see `onnxcompress --help`): min_elements, include, exclude, bits, granularity,
-    codebook_dtype, kmeans, target_ort, opset, verify, inputs, seed. With `output`, the result
-    is written atomically (never over the input; an existing file only with force=True).
-    Raises CompressError for bad input and VerificationError when onnxruntime cannot load or
-    run the result.
+    Options (see `onnxcompress --help`): min_elements, include, exclude, method, bits,
+    granularity, codebook_dtype, kmeans, rank, rank_ratio, energy, svd, max_error, metric,
+    target_size, ratio, sensitivity, target_ort, opset, verify, inputs, seed.
+
+    With max_error, target_size or ratio, a planner picks bits and granularity per tensor (see
+    plan.py); `metric` may also be a callable(original_outputs, compressed_outputs) -> error,
+    each a list (one per feed) of {output name: array}. `calibration`: inputs as an .npz path,
+    one feed {name: array} or a list of feeds (like `inputs`); they drive the sensitivity
+    weighting, the planner's measurements and the verification.
+
+    With `output`, the result is written atomically (never over the input; an existing file
+    only with force=True). Raises CompressError for bad input, VerificationError when
+    onnxruntime cannot load or run the result, and TargetError when a target cannot be met.
     """
     t0 = time.perf_counter()
     opts = groups_from_kwargs(options)
     select_o: SelectOptions = opts[SelectOptions]
+    method = opts[MethodOptions].method
     codebook_o: CodebookOptions = opts[CodebookOptions]
+    lowrank_o: LowRankOptions = opts[LowRankOptions]
+    plan_o: PlanOptions = opts[PlanOptions]
     target_o: TargetOptions = opts[TargetOptions]
     verify_o: VerifyOptions = opts[VerifyOptions]
+    if plan_o.active() and method != "codebook":
+        raise CompressError("--max-error, --target-size and --ratio plan codebooks per tensor; drop --method")
 
     loaded = load_model(model)
     out_path = Path(output) if output is not None else None
@@ -69,18 +95,24 @@ def compress(
     source = loaded.model
     if target_o.opset is not None:
         source = convert_opset(source, target_o.opset)
-    layout = codebook_o.granularity.split(":")[0]
-    check_opset(codebook_o.bits, layout, default_opset(source), "the model")  # before any work
+    _check_method(method, lowrank_o)
+    opset = default_opset(source)
+    if method != "lowrank" and not plan_o.active():  # before any work
+        check_opset(codebook_o.bits, codebook_o.granularity.split(":")[0], opset, "the model")
 
     # onnxruntime must run the original (and, to verify, on these inputs) before any work
     reference_sess = _original_session(loaded, source, target_o.opset is not None)
+    real_inputs = calibration is not None or verify_o.inputs is not None
     feeds, reference = [], []
-    if verify_o.verify:
-        feeds = load_feeds(verify_o.inputs) if verify_o.inputs else [synthesize_feed(source, verify_o.seed)]
+    if verify_o.verify or plan_o.active():
+        if calibration is not None:
+            feeds = _calibration_feeds(calibration)
+        else:
+            feeds = load_feeds(verify_o.inputs) if verify_o.inputs else [synthesize_feed(source, verify_o.seed)]
         try:
             reference = run(reference_sess, feeds, "the original model")
         except VerificationError as e:
-            hint = "check the --inputs file" if verify_o.inputs else "pass --inputs FILE.npz with real inputs, or --no-verify"
+            hint = "check the --inputs file" if real_inputs else "pass --inputs FILE.npz with real inputs, or --no-verify"
             raise CompressError(f"{e}; {hint}") from None
     output_names = [o.name for o in reference_sess.get_outputs()]
     del reference_sess
@@ -92,29 +124,47 @@ def compress(
             + (f" ({len(selection.skipped)} left alone, see inspect)" if selection.skipped else "")
             + "; lower --min-elements or check --include/--exclude"
         )
-    encoded = encode_all(selection.weights, codebook_o, progress)
-    # a codebook per channel can outweigh what its indices save: such a tensor stays as it is
-    kept = []
-    for site, cb in encoded:
-        after = cb.stored_bytes()
-        if after < _weight_bytes(site):
-            kept.append((site, cb))
-        else:
-            reason = f"not smaller as a codebook ({_weight_bytes(site)} -> {after} bytes)"
-            selection.skipped.append(Skipped(site.name, tuple(site.array.shape), reason))
-    encoded = kept
-    if not encoded:
-        raise CompressError(
-            "nothing to compress: no weight gets smaller with these settings; try fewer --bits or --granularity tensor"
+    importance = {}
+    if plan_o.sensitivity and real_inputs and method != "lowrank":
+        importance = importances(source, selection.weights, feeds)
+    planned: dict | None = None
+    if plan_o.active():
+        calib = Calibration(feeds, reference, _plan_metric(plan_o.metric, output_names))
+        encoded, skipped, planned = make_plan(
+            source, selection.weights, importance, plan_o, codebook_o, target_o, calib, loaded.file_bytes, progress
         )
-    compressed, stored = rewrite_graph(source, encoded, target_o.ort_version())
+    else:
+        encoded, skipped = encode_weights(selection.weights, method, codebook_o, lowrank_o, progress, importance)
+    selection.skipped += skipped
+    if not encoded:
+        hint = "try a lower --energy or --rank, or --method lowrank+kmeans" if method == "lowrank" else "try fewer --bits"
+        raise CompressError(f"nothing to compress: no weight gets smaller with these settings; {hint}")
+    pairs = [(e.site, e.pair) for e in encoded if e.pair is not None]
+    factored = rewrite_pairs(source, pairs, opset) if pairs else source
+    codebooks = [(e.site, e.codebook) for e in encoded if e.codebook is not None]
+    codebooks += [factor for e in encoded for factor in e.factors or []]
+    compressed, stored = rewrite_graph(factored, codebooks, target_o.ort_version()) if codebooks else (factored, {})
+    halves = [(e.site, e.half) for e in encoded if e.half is not None]
+    if halves:
+        compressed = rewrite_casts(compressed, halves)
+    record(compressed, "plan" if planned else method, {e.site.name: _metadata(e, stored) for e in encoded})
 
     after = save_model(compressed, out_path) if out_path is not None else compressed.ByteSize()
     report = Report(
         model=str(loaded.path) if loaded.path else "<ModelProto>",
         output=str(out_path) if out_path else None,
-        settings={**asdict(codebook_o), **asdict(select_o), "target_ort": target_o.target_ort, "opset": default_opset(source)},
-        tensors=[_tensor_report(site, cb, stored[site.name]) for site, cb in encoded],
+        settings={
+            "method": method,
+            **asdict(codebook_o),
+            **asdict(lowrank_o),
+            **asdict(select_o),
+            "target_ort": target_o.target_ort,
+            "opset": opset,
+            "sensitivity_weighted": bool(importance),
+            **({"metric": plan_o.metric if isinstance(plan_o.metric, str) else "callable"} if planned else {}),
+        },
+        plan=planned,
+        tensors=[_tensor_report(e, stored) for e in encoded],
         skipped=[{"name": s.name, "shape": list(s.shape), "reason": s.reason} for s in selection.skipped],
         file_bytes_before=loaded.file_bytes,
         file_bytes_after=after,
@@ -133,21 +183,6 @@ def compress(
     if report_json is not None:
         report.write_json(Path(report_json))
     return CompressResult(compressed, report)
-
-
-def encode_all(weights: list[WeightSite], options: CodebookOptions, progress: bool = False) -> list[tuple[WeightSite, Codebook]]:
-    """Encode the tensors on all cores (the k-means core releases the GIL), largest first."""
-    order = sorted(weights, key=lambda w: -w.array.size)
-    workers = max(1, min(len(order), os.cpu_count() or 1))
-    with _progress(progress) as bar, ThreadPoolExecutor(workers) as pool:
-        task = bar.add_task("encoding", total=len(order)) if bar else None
-        futures = [pool.submit(encode_codebook, w.array, options, w.channel_axis()) for w in order]
-        results = {}
-        for w, f in zip(order, futures, strict=True):
-            results[w.name] = f.result()
-            if bar:
-                bar.advance(task)
-    return [(w, results[w.name]) for w in weights]
 
 
 def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
@@ -172,42 +207,113 @@ def _original_session(loaded: LoadedModel, source: onnx.ModelProto, converted: b
         raise CompressError(f"{e}; the input must run in onnxruntime (try --opset N to convert it)") from None
 
 
-def _weight_bytes(site: WeightSite) -> int:
-    itemsize = (
-        2 if site.onnx_dtype == onnx.TensorProto.BFLOAT16 else onnx.helper.tensor_dtype_to_np_dtype(site.onnx_dtype).itemsize
-    )
-    return site.array.size * itemsize
+def _calibration_feeds(calibration) -> list[dict[str, np.ndarray]]:
+    if isinstance(calibration, dict):
+        return [calibration]
+    if isinstance(calibration, list):
+        if not calibration or not all(isinstance(f, dict) for f in calibration):
+            raise CompressError("calibration must be an .npz path, a dict of input arrays, or a non-empty list of such dicts")
+        return calibration
+    return load_feeds(Path(calibration))
 
 
-def _tensor_report(site: WeightSite, cb: Codebook, indices: str) -> TensorReport:
+def _plan_metric(metric, names: list[str]):
+    """The planner's measure: the error of a model's outputs against the original's."""
+
+    def measure(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+        if callable(metric):
+            as_dicts = [dict(zip(names, outs, strict=True)) for outs in reference]
+            return float(metric(as_dicts, [dict(zip(names, outs, strict=True)) for outs in candidate]))
+        return error_of(compare(names, reference, candidate), metric)
+
+    return measure
+
+
+def _check_method(method: str, lowrank_o: LowRankOptions) -> None:
+    if method == "auto" and lowrank_o.is_set():
+        raise CompressError(
+            "--method auto sets each rank from the codebook's weight error; drop --rank, --rank-ratio and --energy, "
+            "or use --method lowrank"
+        )
+    if method == "codebook" and lowrank_o.is_set():
+        raise CompressError("--rank, --rank-ratio and --energy apply to low rank; add --method lowrank or lowrank+kmeans")
+
+
+def _metadata(e: EncodedWeight, stored: dict[str, str]) -> dict:
+    def codebook(name: str, cb) -> dict:
+        return {"bits": cb.bits, "layout": cb.layout, "k": cb.k, "indices": stored[name]}
+
+    if e.half is not None:
+        return {"dtype": "float16"}
+    if e.pair is None:
+        assert e.codebook is not None
+        return codebook(e.site.name, e.codebook)
+    entry: dict = {"rank": e.pair.rank, "kind": e.pair.kind}
+    if e.factors:
+        entry["factors"] = {site.name: codebook(site.name, cb) for site, cb in e.factors}
+    return entry
+
+
+def _tensor_report(e: EncodedWeight, stored: dict[str, str]) -> TensorReport:
+    site = e.site
+    first = e.codebook or (e.factors[0][1] if e.factors else None)
+    ops = [c.op_type for c in site.consumers]
+    kind = e.pair.kind if e.pair is not None else "matrix"
+    macs_before = sum(multiply_adds(site.array.shape, kind, op) for op in ops)
+    macs_after = sum(multiply_adds(e.pair, kind, op) for op in ops) if e.pair is not None else macs_before
+    names = [e.site.name] + [f.name for f, _ in e.factors or []]
     return TensorReport(
         name=site.name,
         shape=list(site.array.shape),
         consumers=site.consumer_ops,
-        bits=cb.bits,
-        layout=cb.layout if cb.layout != "group" else f"group:{cb.group_size}",
-        method=cb.method,
-        bytes_before=_weight_bytes(site),
-        bytes_after=cb.stored_bytes(),
-        rel_error=cb.rel_error,
-        indices=indices,
-        seconds=cb.seconds,
+        encoding=e.encoding,
+        bits=first.bits if first else None,
+        layout=(first.layout if first.layout != "group" else f"group:{first.group_size}") if first else None,
+        method=first.method if first else None,
+        rank=e.pair.rank if e.pair is not None else None,
+        full_rank=e.pair.full_rank if e.pair is not None else None,
+        bytes_before=weight_bytes(site),
+        bytes_after=e.stored_bytes(),
+        rel_error=e.rel_error,
+        indices=",".join(sorted({stored[n] for n in names if n in stored})) or None,
+        macs_before=macs_before,
+        macs_after=macs_after,
+        seconds=e.seconds,
+        note=e.note,
     )
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return nullcontext()
-    from rich.console import Console
+# -- compare ------------------------------------------------------------------------------------
 
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} tensors"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
+
+def compare_models(
+    original: ModelSource,
+    compressed: ModelSource,
+    inputs: str | os.PathLike | dict | list[dict] | None = None,
+    seed: int = 0,
+) -> list[OutputDiff]:
+    """Run both models in onnxruntime on the same inputs (an .npz path, one feed, a list of
+    feeds, or synthesized from the original's input types) and compare every output: max abs
+    error, relative L2 error, cosine similarity, and top-1 agreement for class scores."""
+    first, second = load_model(original), load_model(compressed)
+    sessions = []
+    for loaded, what in ((first, "the original model"), (second, "the compressed model")):
+        try:
+            sessions.append(session(loaded.path if loaded.path is not None else loaded.model, what))
+        except VerificationError as e:
+            raise CompressError(f"{e}; both models must run in onnxruntime") from None
+    feeds = _calibration_feeds(inputs) if inputs is not None else [synthesize_feed(first.model, seed)]
+    names = [o.name for o in sessions[0].get_outputs()]
+    if sorted(names) != sorted(o.name for o in sessions[1].get_outputs()):
+        raise CompressError("the two models have different outputs; compare a model with its own compressed copy")
+    results = []
+    for sess, what in zip(sessions, ("the original model", "the compressed model"), strict=True):
+        try:
+            outs = [sess.run(names, feed) for feed in feeds]
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises several types
+            raise CompressError(f"{what} cannot run on these inputs: {first_line(e, 200)}; check --inputs") from None
+        results.append(outs)
+    return compare(names, results[0], results[1])
 
 
 # -- inspect ------------------------------------------------------------------------------------
@@ -241,5 +347,5 @@ def inspect(model: ModelSource, *, kmeans: str = "auto", **select_options: Any) 
             sse = curve[min(k, len(curve)) - 1]
             error = float(np.sqrt(max(sse, 0.0) / total)) if total else 0.0
             by_bits[bits] = ((site.array.size * bits + 7) // 8 + k * entry, error)
-        out.append(Candidate(site.name, list(site.array.shape), site.consumer_ops, _weight_bytes(site), method, by_bits))
+        out.append(Candidate(site.name, list(site.array.shape), site.consumer_ops, weight_bytes(site), method, by_bits))
     return out, selection

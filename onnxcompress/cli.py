@@ -2,9 +2,11 @@
 
     onnxcompress MODEL.onnx [-o OUT] [options]   compress (writes MODEL.compressed.onnx)
     onnxcompress inspect MODEL.onnx              what each bit width would give; writes nothing
+    onnxcompress compare ORIGINAL COMPRESSED     run both and compare their outputs
     onnxcompress demo                            compress the bundled example and show accuracy
 
-Exit codes: 0 done, 1 the compressed model failed to load or run, 2 bad input.
+Exit codes: 0 done, 1 the compressed model failed to load or run, or missed its target
+(--max-error, --target-size, --ratio, compare's --tolerance), 2 bad input.
 """
 
 from __future__ import annotations
@@ -18,20 +20,23 @@ from pathlib import Path
 from rich.table import Table
 
 from . import __version__
-from .errors import CompressError, VerificationError
+from .errors import CompressError, TargetError, VerificationError
 from .options import SelectOptions, add_arguments, groups_from_args
-from .report import make_console
+from .report import make_console, render_outputs
 
 EPILOG = """other commands:
   onnxcompress inspect MODEL.onnx   list the candidate weights and what 1..8 bits would give
+  onnxcompress compare A.onnx B.onnx [--inputs FILE.npz] [--tolerance E]
+                                    run both models and compare every output
   onnxcompress demo                 compress the bundled example model and compare accuracy
 
-exit codes: 0 done, 1 the compressed model failed to load or run in onnxruntime, 2 bad input"""
+exit codes: 0 done; 1 the compressed model failed to load or run in onnxruntime, or a target
+(--max-error, --target-size, --ratio, compare --tolerance) was not met; 2 bad input"""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"inspect": _inspect, "demo": _demo}
+    commands = {"inspect": _inspect, "compare": _compare, "demo": _demo}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
@@ -39,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     except CompressError as e:
         make_console(stderr=True).print(f"[bold red]onnxcompress: error:[/bold red] {e}", highlight=False, soft_wrap=True)
         return 2
+    except TargetError as e:
+        make_console(stderr=True).print(
+            f"[bold red]onnxcompress: target not met:[/bold red] {e}", highlight=False, soft_wrap=True
+        )
+        return 1
     except VerificationError as e:
         make_console(stderr=True).print(
             f"[bold red]onnxcompress: verification failed:[/bold red] {e}", highlight=False, soft_wrap=True
@@ -123,6 +133,33 @@ def _inspect(argv: list[str]) -> int:
     console.print(t)
     for s in selection.skipped:
         console.print(f"left alone: {s.name} {list(s.shape)}: {s.reason}")
+    return 0
+
+
+def _compare(argv: list[str]) -> int:
+    from .api import compare_models
+    from .verify import error_of
+
+    p = argparse.ArgumentParser(
+        prog="onnxcompress compare",
+        description="Run two models in onnxruntime on the same inputs and compare every output "
+        "(max abs error, relative L2 error, cosine similarity, top-1 agreement for class scores).",
+    )
+    p.add_argument("original", type=Path)
+    p.add_argument("compressed", type=Path)
+    p.add_argument("--inputs", type=Path, metavar="FILE.npz", help="inputs (name -> array, or NAME@K keys); default: synthesized")
+    p.add_argument("--seed", type=int, default=0, help="seed for synthesized inputs")
+    p.add_argument("--tolerance", type=float, metavar="E", help="exit 1 when the error (see --metric) is above E")
+    p.add_argument("--metric", choices=["rel-l2", "cosine", "max-abs", "top1"], default="rel-l2", help="(default: rel-l2)")
+    args = p.parse_args(argv)
+    diffs = compare_models(args.original, args.compressed, args.inputs, args.seed)
+    error = error_of(diffs, args.metric) if args.tolerance is not None else None
+    render_outputs(diffs, make_console())
+    if error is not None:
+        verdict = "within" if error <= args.tolerance else "above"
+        make_console().print(f"{args.metric} error {error:.4g}: {verdict} the tolerance {args.tolerance:g}", highlight=False)
+        if error > args.tolerance:
+            return 1
     return 0
 
 

@@ -77,11 +77,12 @@ def storage_dtype(weight_dtype: np.dtype, codebook_dtype: str) -> np.dtype:
     return np.dtype(weight_dtype) if weight_dtype in (np.float16, np.float32, np.float64) else np.dtype(np.float32)
 
 
-def encode_codebook(array: np.ndarray, options: CodebookOptions, axis: int = 0) -> Codebook:
+def encode_codebook(array: np.ndarray, options: CodebookOptions, axis: int = 0, importance: np.ndarray | None = None) -> Codebook:
     """Cluster the values of `array` into 2^bits levels per group; `axis` is the output
-    channel for --granularity channel. Also measures the relative weight error."""
+    channel for --granularity channel; `importance` (the weight's shape) weights each value's
+    squared error (see calibrate.py). Also measures the relative weight error."""
     t0 = time.perf_counter()
-    cb = _cluster(array, options, axis)
+    cb = _cluster(array, options, axis, importance)
     w = array.astype(np.float64).reshape(-1)
     norm = float(np.linalg.norm(w))
     err = float(np.linalg.norm(cb.decoded().astype(np.float64).reshape(-1) - w))
@@ -90,17 +91,18 @@ def encode_codebook(array: np.ndarray, options: CodebookOptions, axis: int = 0) 
     return cb
 
 
-def _cluster(array: np.ndarray, options: CodebookOptions, axis: int) -> Codebook:
+def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance: np.ndarray | None) -> Codebook:
     bits, k = options.bits, 1 << options.bits
     store = storage_dtype(array.dtype, options.codebook_dtype)
     if options.granularity == "tensor" or array.ndim == 0:
         flat = array.reshape(-1)
+        w = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32).reshape(-1)
         exact = use_exact(array, k, options.kmeans)
         if exact:
-            r = kmeans1d(flat, k)
+            r = kmeans1d(flat, k, w)
             centroids, labels = r.centroids, r.labels
         else:
-            centroids, labels = binned_kmeans(flat, k)
+            centroids, labels = binned_kmeans(flat, k, weights=w)
         return Codebook(
             tuple(array.shape),
             bits,
@@ -115,7 +117,10 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int) -> Codebook
     if options.granularity == "channel":
         axis = axis % array.ndim
         rows = np.ascontiguousarray(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1)
-        per_channel = kmeans1d_batched(rows, min(k, rows.shape[1]))
+        row_weights = None
+        if importance is not None:
+            row_weights = np.ascontiguousarray(np.moveaxis(importance, axis, 0), dtype=np.float32).reshape(rows.shape)
+        per_channel = kmeans1d_batched(rows, min(k, rows.shape[1]), row_weights)
         return Codebook(
             tuple(array.shape),
             bits,
@@ -134,7 +139,7 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int) -> Codebook
     padded = np.zeros(groups * group_size, dtype=flat.dtype)
     padded[: flat.size] = flat
     weights = np.zeros(padded.size, dtype=np.float32)
-    weights[: flat.size] = 1.0  # padding weighs nothing: it never moves a centroid
+    weights[: flat.size] = 1.0 if importance is None else importance.reshape(-1)  # padding weighs nothing
     per_group = kmeans1d_batched(padded.reshape(groups, group_size), min(k, group_size), weights.reshape(groups, group_size))
     return Codebook(
         tuple(array.shape),
@@ -149,47 +154,53 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int) -> Codebook
     )
 
 
-def binned_kmeans(x: np.ndarray, k: int, polish_rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def binned_kmeans(
+    x: np.ndarray, k: int, polish_rounds: int = 2, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Near-optimal k-means for a large all-distinct tensor: the exact DP over at most 65536
-    fp16 bins (each at the exact mean of its values, weighted by its count), then Lloyd
-    rounds on the full data, which only lower the SSE. Returns (centroids, uint8 labels)."""
+    fp16 bins (each at the exact weighted mean of its values, weighted by its total weight),
+    then Lloyd rounds on the full data, which only lower the SSE. Returns (centroids, uint8
+    labels)."""
     xd = x.astype(np.float64, copy=False).reshape(-1)
-    counts, means, _ = _fp16_bins(xd)
+    wd = None if weights is None else weights.astype(np.float64, copy=False).reshape(-1)
+    counts, means, _ = _fp16_bins(xd, wd)
     centroids = kmeans1d(means, k, counts).centroids
     for _ in range(polish_rounds + 1):
         labels = _nearest(xd, centroids)
         if _ == polish_rounds:
             break
-        cnt = np.bincount(labels, minlength=len(centroids))
-        tot = np.bincount(labels, weights=xd, minlength=len(centroids))
+        cnt = np.bincount(labels, weights=wd, minlength=len(centroids))
+        tot = np.bincount(labels, weights=xd if wd is None else xd * wd, minlength=len(centroids))
         centroids = np.where(cnt > 0, tot / np.maximum(cnt, 1), centroids)
     return centroids, labels.astype(np.uint8)
 
 
-def sse_curve(array: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, str]:
-    """Weighted SSE of the best clustering with 1..k levels, from one k-means run: exact, or
+def sse_curve(array: np.ndarray, k: int, method: str = "auto", importance: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """(Weighted) SSE of the best clustering with 1..k levels, from one k-means run: exact, or
     for a large tensor the binned bound (DP over the bins plus the within-bin SSE, which is
     what those partitions really cost; within about 1e-4 of the optimum)."""
     flat = array.reshape(-1)
+    w = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32).reshape(-1)
     exact = use_exact(array, k, method)
     if exact:
-        return kmeans1d(flat, k).sse_by_k, "exact"
+        return kmeans1d(flat, k, w).sse_by_k, "exact"
     xd = flat.astype(np.float64)
-    counts, means, within = _fp16_bins(xd)
+    counts, means, within = _fp16_bins(xd, None if w is None else w.astype(np.float64))
     return kmeans1d(means, k, counts).sse_by_k + within, "binned"
 
 
-def _fp16_bins(xd: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Counts and exact means of the values in each non-empty fp16 bin (after a power-of-two
-    scaling that keeps them in fp16 range), and the total SSE within the bins."""
+def _fp16_bins(xd: np.ndarray, wd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Total weights and exact weighted means of the values in each non-empty fp16 bin (after
+    a power-of-two scaling that keeps them in fp16 range), and the weighted SSE within bins."""
     peak = float(np.abs(xd).max())
     exponent = int(np.frexp(peak)[1]) if peak > 0 else 0
     keys = np.ldexp(xd, 14 - exponent).astype(np.float16).view(np.uint16)
-    counts = np.bincount(keys, minlength=65536)
-    sums = np.bincount(keys, weights=xd, minlength=65536)
+    counts = np.bincount(keys, weights=wd, minlength=65536)
+    sums = np.bincount(keys, weights=xd if wd is None else xd * wd, minlength=65536)
     present = counts > 0
     counts, means = counts[present].astype(np.float64), sums[present] / counts[present]
-    within = max(0.0, float(xd @ xd) - float(counts @ (means * means)))
+    second = float(xd @ xd) if wd is None else float(wd @ (xd * xd))
+    within = max(0.0, second - float(counts @ (means * means)))
     return counts, means, within
 
 

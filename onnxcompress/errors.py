@@ -13,3 +13,7 @@ def first_line(e: BaseException, limit: int = 160) -> str:
 
 class VerificationError(Exception):
     """The compressed model failed to load or run in onnxruntime (exit code 1)."""
+
+
+class TargetError(VerificationError):
+    """A --max-error, --target-size or --ratio target cannot be met (exit code 1)."""

@@ -8,6 +8,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, get_args, get_type_hints
 
 from .errors import CompressError
@@ -36,6 +37,68 @@ class SelectOptions:
                     re.compile(pattern)
                 except re.error as e:
                     raise CompressError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
+
+
+METHODS = ("codebook", "lowrank", "lowrank+kmeans", "auto")
+METRIC_NAMES = ("rel-l2", "cosine", "max-abs", "top1")
+
+
+@dataclass
+class MethodOptions:
+    """What each weight becomes."""
+
+    method: str = _opt(
+        "codebook",
+        "codebook: k-means codebook + packed indices; lowrank: two factors from a truncated SVD, its consumer "
+        "rewritten as a pair (smaller file, RAM and compute); lowrank+kmeans: both, the factors quantized; "
+        "auto: per weight the smallest of these at the codebook's weight error",
+        choices=list(METHODS),
+    )
+
+
+@dataclass
+class LowRankOptions:
+    """How weights are factored (--method lowrank, lowrank+kmeans). At most one of --rank,
+    --rank-ratio and --energy; none means --energy 0.99."""
+
+    rank: int | None = _opt(None, "the same rank R for every factored weight", metavar="R")
+    rank_ratio: float | None = _opt(None, "rank as a fraction of each weight's full rank, in (0, 1]", metavar="F")
+    energy: float | None = _opt(
+        None, "the smallest rank whose singular values hold F of the squared norm, in (0, 1] (default 0.99)", metavar="F"
+    )
+    svd: str = _opt(
+        "auto",
+        "full: LAPACK; randomized: a sketch with power iterations; auto: randomized on large matrices",
+        choices=["auto", "full", "randomized"],
+    )
+
+    def validate(self) -> None:
+        given = [
+            f for f, v in (("--rank", self.rank), ("--rank-ratio", self.rank_ratio), ("--energy", self.energy)) if v is not None
+        ]
+        if len(given) > 1:
+            raise CompressError(f"{' and '.join(given)} both set the rank; pass only one")
+        if self.rank is not None and self.rank < 1:
+            raise CompressError(f"--rank must be at least 1; got {self.rank}")
+        for flag, value in (("--rank-ratio", self.rank_ratio), ("--energy", self.energy)):
+            if value is not None and not 0 < value <= 1:
+                raise CompressError(f"{flag} must be in (0, 1]; got {value}")
+
+    def is_set(self) -> bool:
+        return self.rank is not None or self.rank_ratio is not None or self.energy is not None
+
+    def fixed_rank(self, full_rank: int) -> int | None:
+        """The rank for a weight of this full rank, or None when --energy decides it."""
+        if self.rank is not None:
+            return min(self.rank, full_rank)
+        if self.rank_ratio is not None:
+            return max(1, min(full_rank, round(self.rank_ratio * full_rank)))
+        return None
+
+    def energy_target(self) -> float | None:
+        if self.rank is not None or self.rank_ratio is not None:
+            return None
+        return 0.99 if self.energy is None else self.energy
 
 
 @dataclass
@@ -72,6 +135,46 @@ class CodebookOptions:
 
 
 @dataclass
+class PlanOptions:
+    """A target instead of fixed bits: per tensor bits and granularity chosen to meet it.
+    The error is measured in onnxruntime on --inputs (synthesized inputs if none)."""
+
+    max_error: float | None = _opt(
+        None, "the smallest model whose outputs stay within E of the original's (see --metric)", metavar="E"
+    )
+    metric: str | Callable[..., float] = _opt(
+        "rel-l2",
+        "rel-l2: worst relative L2 error of an output; cosine: 1 - lowest cosine similarity; max-abs: largest absolute "
+        "error; top1: share of changed argmax on class-score outputs",
+        choices=["rel-l2", "cosine", "max-abs", "top1"],
+    )
+    target_size: float | None = _opt(None, "the least error that fits in this many megabytes (1e6 bytes)", metavar="MB")
+    ratio: float | None = _opt(None, "the least error at this many times smaller", metavar="R")
+    sensitivity: bool = _opt(True, "weight k-means by how much each value matters on the --inputs (--no-sensitivity: plain)")
+
+    def validate(self) -> None:
+        given = [
+            f
+            for f, v in (("--max-error", self.max_error), ("--target-size", self.target_size), ("--ratio", self.ratio))
+            if v is not None
+        ]
+        if len(given) > 1:
+            raise CompressError(f"{' and '.join(given)} are two targets; pass only one")
+        for flag, value, low in (
+            ("--max-error", self.max_error, 0.0),
+            ("--target-size", self.target_size, 0.0),
+            ("--ratio", self.ratio, 1.0),
+        ):
+            if value is not None and not (value > low and value == value and value != float("inf")):
+                raise CompressError(f"{flag} must be a number above {low:g}; got {value}")
+        if not callable(self.metric) and self.metric not in METRIC_NAMES:
+            raise CompressError(f"--metric must be one of {', '.join(METRIC_NAMES)}; got {self.metric!r}")
+
+    def active(self) -> bool:
+        return self.max_error is not None or self.target_size is not None or self.ratio is not None
+
+
+@dataclass
 class TargetOptions:
     """What the compressed model must run on."""
 
@@ -99,13 +202,14 @@ class VerifyOptions:
     seed: int = _opt(0, "seed for synthesized inputs")
 
 
-OPTION_GROUPS = (SelectOptions, CodebookOptions, TargetOptions, VerifyOptions)
+OPTION_GROUPS = (SelectOptions, MethodOptions, CodebookOptions, LowRankOptions, PlanOptions, TargetOptions, VerifyOptions)
 
 
 def add_arguments(parser: argparse.ArgumentParser, groups: tuple[type, ...] = OPTION_GROUPS) -> None:
     """One flag per dataclass field: --min-elements, --bits, ..., --verify/--no-verify."""
     for group_cls in groups:
-        group = parser.add_argument_group((group_cls.__doc__ or group_cls.__name__).strip().rstrip("."))
+        title, _, more = (group_cls.__doc__ or group_cls.__name__).strip().partition("\n")
+        group = parser.add_argument_group(title.rstrip("."), " ".join(more.split()) or None)
         hints = get_type_hints(group_cls)
         for f in dataclasses.fields(group_cls):
             flag = "--" + f.name.replace("_", "-")
@@ -116,8 +220,9 @@ def add_arguments(parser: argparse.ArgumentParser, groups: tuple[type, ...] = OP
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
                 continue
             kinds = (ftype, *get_args(ftype))
-            conv = int if int in kinds else Path if Path in kinds else str
-            group.add_argument(flag, type=conv, default=f.default, help=f"{help_text} (default: {f.default})", **meta)
+            conv = int if int in kinds else float if float in kinds else Path if Path in kinds else str
+            shown = "" if f.default is None else f" (default: {f.default})"
+            group.add_argument(flag, type=conv, default=f.default, help=help_text + shown, **meta)
 
 
 def groups_from_args(args: argparse.Namespace) -> dict[type, Any]:

@@ -17,14 +17,28 @@ class TensorReport:
     name: str
     shape: list[int]
     consumers: list[str]
-    bits: int
-    layout: str
-    method: str  # k-means: exact or binned
+    encoding: str  # codebook, lowrank or lowrank+kmeans
+    bits: int | None  # codebook bits (of the factors under lowrank+kmeans); None for a float pair
+    layout: str | None  # tensor, channel or group:N
+    method: str | None  # k-means: exact or binned
+    rank: int | None  # of the pair
+    full_rank: int | None
     bytes_before: int
-    bytes_after: int  # packed indices plus codebook
+    bytes_after: int  # packed indices plus codebooks, or the two factors
     rel_error: float  # ||W - W'|| / ||W||
     seconds: float
-    indices: str = "uint8"  # how the indices are stored: uint8, planes, uint4 or uint2
+    indices: str | None = "uint8"  # how the indices are stored: uint8, planes, uint4 or uint2
+    macs_before: int = 0  # multiply-adds per output row or position of its consumers (0 for a Gather)
+    macs_after: int = 0
+    note: str = ""  # why it took another encoding than asked for
+
+    def describe(self) -> str:
+        """How it is stored: 8 tensor, rank 64/384, rank 64/384, 8 tensor, or float16."""
+        if self.encoding == "float16":
+            return "float16"
+        rank = f"rank {self.rank}/{self.full_rank}" if self.rank is not None else ""
+        codebook = f"{self.bits} {self.layout}" if self.bits is not None else ""
+        return ", ".join(p for p in (rank, codebook) if p)
 
 
 @dataclass
@@ -39,6 +53,7 @@ class Report:
     seconds: float = 0.0
     outputs: list[OutputDiff] = field(default_factory=list)
     verified: bool = False
+    plan: dict | None = None  # what the planner aimed at, measured and built (see plan.make_plan)
 
     @property
     def ratio(self) -> float:
@@ -55,29 +70,33 @@ class Report:
     def render(self, console: Console | None = None) -> None:
         console = console or make_console()
         t = Table(title=f"Compressed tensors ({len(self.tensors)})", title_justify="left")
-        for col, just in [
-            ("tensor", "left"),
-            ("shape", "left"),
-            ("used by", "left"),
-            ("bits", "right"),
-            ("k-means", "left"),
-            ("before", "right"),
-            ("after", "right"),
-            ("weight error", "right"),
-        ]:
+        factored = any(r.rank is not None for r in self.tensors)
+        columns = [("tensor", "left"), ("shape", "left"), ("used by", "left"), ("encoding", "right"), ("k-means", "left")]
+        columns += [("before", "right"), ("after", "right"), ("weight error", "right")]
+        if factored:
+            columns.append(("multiply-adds", "right"))
+        for col, just in columns:
             t.add_column(col, justify="left" if just == "left" else "right", overflow="fold", no_wrap=col != "tensor")
         for r in sorted(self.tensors, key=lambda r: -r.bytes_before):
-            t.add_row(
-                r.name,
-                "x".join(map(str, r.shape)),
-                ",".join(r.consumers),
-                f"{r.bits} {r.layout}",
-                r.method,
-                human(r.bytes_before),
-                human(r.bytes_after),
-                f"{r.rel_error:.2e}",
-            )
+            row = [r.name, "x".join(map(str, r.shape)), ",".join(r.consumers), r.describe(), r.method or "-"]
+            row += [human(r.bytes_before), human(r.bytes_after), f"{r.rel_error:.2e}"]
+            if factored:
+                row.append(_compute_change(r))
+            t.add_row(*row)
         console.print(t)
+        notes = [r for r in self.tensors if r.note]
+        for r in notes[:8]:
+            console.print(f"codebook instead of a pair: {r.name}: {r.note.removesuffix('; codebook instead')}", highlight=False)
+        if len(notes) > 8:
+            console.print(f"... and {len(notes) - 8} more codebooks instead of pairs (see the JSON report)")
+        if factored:
+            before = sum(r.macs_before for r in self.tensors if r.rank is not None)
+            after = sum(r.macs_after for r in self.tensors if r.rank is not None)
+            console.print(
+                f"factored weights: {sum(r.rank is not None for r in self.tensors)}; multiply-adds per row of their "
+                f"consumers {before:,} -> {after:,}",
+                highlight=False,
+            )
         if self.skipped:
             s = Table(title=f"Left alone ({len(self.skipped)})", title_justify="left")
             s.add_column("tensor", overflow="fold")
@@ -86,18 +105,52 @@ class Report:
             for item in self.skipped:
                 s.add_row(item["name"], "x".join(map(str, item["shape"])), item["reason"])
             console.print(s)
-        if self.outputs:
-            o = Table(title="Outputs, original vs compressed", title_justify="left")
-            for col in ("output", "max abs error", "relative L2", "cosine"):
-                o.add_column(col, justify="left" if col == "output" else "right")
-            for d in self.outputs:
-                o.add_row(d.name, f"{d.max_abs:.3e}", f"{d.rel_l2:.3e}", f"{d.cosine:.6f}")
-            console.print(o)
+        render_outputs(self.outputs, console)
+        if self.plan:
+            p = self.plan
+            bits: dict[str, int] = {}
+            for r in self.tensors:
+                bits[r.describe()] = bits.get(r.describe(), 0) + 1
+            mix = ", ".join(f"{n} x {label}" for label, n in sorted(bits.items(), key=lambda kv: -kv[1]))
+            kept = sum(1 for s in self.skipped if "plan keeps" in s["reason"])
+            console.print(
+                f"plan for {p['target']}: measured {p['measured']:.3g}; {mix}"
+                + (f", {kept} kept in float" if kept else "")
+                + f"; {len(p['candidates'])} candidates measured, {p['seconds']:.1f} s",
+                highlight=False,
+            )
         where = f"\nwrote {self.output}" if self.output else ""
         console.print(
             f"[bold]{human(self.file_bytes_before)} -> {human(self.file_bytes_after)}[/bold] "
             f"({self.ratio:.2f}x smaller) in {self.seconds:.1f} s{where}"
         )
+
+
+def render_outputs(outputs: list[OutputDiff], console: Console) -> None:
+    if not outputs:
+        return
+    has_top1 = any(d.top1 is not None for d in outputs)
+    o = Table(title="Outputs, original vs compressed", title_justify="left")
+    for col in ("output", "max abs error", "relative L2", "cosine") + (("top-1 agreement",) if has_top1 else ()):
+        o.add_column(col, justify="left" if col == "output" else "right")
+    for d in outputs:
+        row = [d.name, f"{d.max_abs:.3e}", f"{d.rel_l2:.3e}", f"{d.cosine:.6f}"]
+        if has_top1:
+            row.append("" if d.top1 is None else f"{d.top1:.2%}")
+        o.add_row(*row)
+    console.print(o)
+
+
+def _compute_change(r: TensorReport) -> str:
+    if r.rank is None:
+        return ""
+    if r.macs_before == 0:  # a Gather becomes a lookup plus a small MatMul
+        return f"+{r.macs_after:,} a row"
+    return (
+        f"{r.macs_before / r.macs_after:.2f}x fewer"
+        if r.macs_after < r.macs_before
+        else f"{r.macs_after / r.macs_before:.2f}x more"
+    )
 
 
 def make_console(stderr: bool = False) -> Console:

@@ -30,7 +30,6 @@ def rewrite_graph(
     model: onnx.ModelProto,
     encoded: list[tuple[WeightSite, Codebook]],
     target_ort: tuple[int, ...] = (1, 16),
-    method: str = "codebook",
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The rewritten model, and how each weight's indices are stored (see build_decoder)."""
     opset = default_opset(model)
@@ -59,18 +58,45 @@ def rewrite_graph(
     graph.nodes = decoders + list(graph.nodes)
     result = gs.export_onnx(graph, do_type_check=False)
     _restore_model_fields(model, result)
-    tensors_meta = {
-        site.name: {"bits": cb.bits, "layout": cb.layout, "k": cb.k, "indices": stored[site.name]} for site, cb in encoded
-    }
+    return result, stored
+
+
+def rewrite_casts(model: onnx.ModelProto, halves: list[tuple[WeightSite, np.ndarray]]) -> onnx.ModelProto:
+    """A copy of `model` with each of these weights stored as float16 (`<weight>::float16`) and
+    cast back to its own type by a Cast node named like the weight, first in the graph
+    (onnxruntime folds it at load)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    names = {site.name for site, _ in halves}
+    keep = [t for t in graph.initializer if t.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
+    casts = []
+    for site, half in halves:
+        graph.initializer.append(
+            onnx.numpy_helper.from_array(np.ascontiguousarray(half, dtype=np.float16), site.name + "::float16")
+        )
+        casts.append(
+            onnx.helper.make_node("Cast", [site.name + "::float16"], [site.name], f"{site.name}::decode.Cast", to=site.onnx_dtype)
+        )
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    return out
+
+
+def record(model: onnx.ModelProto, method: str, tensors: dict[str, dict]) -> None:
+    """What was done, in metadata_props: onnxcompress.version, .method and .tensors (per weight:
+    bits, layout, k and index storage of a codebook; rank and factors of a pair)."""
     _set_metadata(
-        result,
+        model,
         {
             "onnxcompress.version": __version__,
             "onnxcompress.method": method,
-            "onnxcompress.tensors": json.dumps(tensors_meta, separators=(",", ":")),
+            "onnxcompress.tensors": json.dumps(tensors, separators=(",", ":")),
         },
     )
-    return result, stored
 
 
 def _tensors_by_name(graph: gs.Graph, out: dict | None = None) -> dict[str, list[gs.Tensor]]:

@@ -70,6 +70,7 @@ class Consumer:
     input_index: int
     in_subgraph: bool
     trans_b: bool = False  # Gemm's transB: which axis of B is the output channel
+    attrs: dict[str, int] = field(default_factory=dict)  # the node's integer attributes (group, axis, ...)
 
 
 @dataclass
@@ -174,10 +175,11 @@ def _consumers(graph: onnx.GraphProto, in_subgraph: bool = False, out=None) -> d
     out = defaultdict(list) if out is None else out
     for node in graph.node:
         op = node.op_type if node.domain in ("", "ai.onnx") else f"@custom:{node.domain}.{node.op_type}"
-        trans_b = any(a.name == "transB" and a.i for a in node.attribute) if node.op_type == "Gemm" else False
+        ints = {a.name: int(a.i) for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        trans_b = bool(ints.get("transB", 0)) if node.op_type == "Gemm" else False
         for i, name in enumerate(node.input):
             if name:
-                out[name].append(Consumer(op, i, in_subgraph, trans_b))
+                out[name].append(Consumer(op, i, in_subgraph, trans_b, ints))
         for attr in node.attribute:
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 _consumers(sub, True, out)

@@ -13,22 +13,30 @@ import onnxruntime as ort
 from .errors import CompressError, VerificationError, first_line
 
 
+METRICS = ("rel-l2", "cosine", "max-abs", "top1")
+
+
 @dataclass
 class OutputDiff:
     name: str
     max_abs: float
     rel_l2: float
     cosine: float
+    top1: float | None = None  # share of positions whose argmax agrees, for classifier-like outputs
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def session(model: onnx.ModelProto | Path, what: str) -> ort.InferenceSession:
-    """An onnxruntime session with default options, or a one-line error."""
+def session(model: onnx.ModelProto | Path, what: str, quiet: bool = False) -> ort.InferenceSession:
+    """An onnxruntime session with default options (`quiet`: errors only in its log), or a
+    one-line error."""
     src = str(model) if isinstance(model, Path) else model.SerializeToString()
+    options = ort.SessionOptions()
+    if quiet:
+        options.log_severity_level = 3
     try:
-        return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises several types
         raise VerificationError(f"onnxruntime {ort.__version__} cannot load {what}: {first_line(e, 200)}") from None
 
@@ -99,16 +107,57 @@ def run(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], what: st
 
 
 def compare(names: list[str], reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> list[OutputDiff]:
+    """Per output, over all feeds: max abs error, relative L2 error, cosine similarity, and
+    top-1 agreement where the output looks like a classifier's."""
     diffs = []
     for j, name in enumerate(names):
+        top1 = _top1(name, [r[j] for r in reference], [c[j] for c in candidate])
         a = np.concatenate([np.asarray(r[j], dtype=np.float64).ravel() for r in reference])
         b = np.concatenate([np.asarray(c[j], dtype=np.float64).ravel() for c in candidate])
         if a.size == 0:
-            diffs.append(OutputDiff(name, 0.0, 0.0, 1.0))
+            diffs.append(OutputDiff(name, 0.0, 0.0, 1.0, top1))
             continue
         d = b - a
         na, nb = np.linalg.norm(a), np.linalg.norm(b)
         rel = float(np.linalg.norm(d) / na) if na > 0 else float(np.linalg.norm(d))
         cos = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
-        diffs.append(OutputDiff(name, float(np.abs(d).max()), rel, cos))
+        diffs.append(OutputDiff(name, float(np.abs(d).max()), rel, cos, top1))
     return diffs
+
+
+_CLASSIFIER_NAME = re.compile(r"prob|logit|score|class|label|softmax", re.IGNORECASE)
+
+
+def _top1(name: str, reference: list[np.ndarray], candidate: list[np.ndarray]) -> float | None:
+    """Argmax agreement along the last axis, for outputs that look like class scores: a name
+    that says so, or rows that sum to one (softmax)."""
+    first = np.asarray(reference[0])
+    if first.dtype.kind != "f" or first.ndim < 2 or not 2 <= first.shape[-1] <= 1_000_000:
+        return None
+    rows = first.reshape(-1, first.shape[-1]).astype(np.float64)
+    softmax = bool(np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+    if not (softmax or _CLASSIFIER_NAME.search(name)):
+        return None
+    same = total = 0
+    for a, b in zip(reference, candidate, strict=True):
+        ia, ib = np.argmax(np.asarray(a), axis=-1), np.argmax(np.asarray(b), axis=-1)
+        same += int(np.sum(ia == ib))
+        total += ia.size
+    return same / total if total else 1.0
+
+
+def error_of(diffs: list[OutputDiff], metric: str) -> float:
+    """One number, lower is better: the worst relative L2, 1 - the lowest cosine, the worst max
+    abs error, or 1 - the lowest top-1 agreement over the outputs."""
+    if metric == "rel-l2":
+        return max(d.rel_l2 for d in diffs)
+    if metric == "cosine":
+        return 1.0 - min(d.cosine for d in diffs)
+    if metric == "max-abs":
+        return max(d.max_abs for d in diffs)
+    if metric == "top1":
+        scored = [d.top1 for d in diffs if d.top1 is not None]
+        if not scored:
+            raise CompressError("--metric top1: no output looks like class scores (softmax rows or a name like *prob*, *logits*)")
+        return 1.0 - min(scored)
+    raise CompressError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")

@@ -45,8 +45,8 @@ def matmul_chain(first: str, first_shape: tuple[int, int], second: str, second_s
     """x @ first @ second, for tests about two weights of different shapes."""
     return make_model(
         [helper.make_node("MatMul", ["x", first], ["h"]), helper.make_node("MatMul", ["h", second], ["y"])],
-        [("x", F, [3, first_shape[0]])],
-        [("y", F, [3, second_shape[1]])],
+        [("x", F, ["batch", first_shape[0]])],
+        [("y", F, ["batch", second_shape[1]])],
         [(first, weight(*first_shape)), (second, weight(*second_shape))],
     )
 
@@ -177,6 +177,102 @@ def float16_and_double():
         [("y16", TensorProto.FLOAT16, [3, 40]), ("y64", TensorProto.DOUBLE, [3, 40])],
         [("W16", weight(48, 40, dtype=np.float16)), ("W64", weight(48, 40, dtype=np.float64))],
     )
+
+
+def matmul_3d(dtype=np.float32):
+    t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", t, ["batch", "seq", 96])],
+        [("y", t, ["batch", "seq", 80])],
+        [("W", weight(96, 80, dtype=dtype))],
+    )
+
+
+def matmul_left():
+    """W @ x: the weight is MatMul's first input."""
+    return make_model(
+        [helper.make_node("MatMul", ["W", "x"], ["y"])],
+        [("x", F, [96, "n"])],
+        [("y", F, [80, "n"])],
+        [("W", weight(80, 96))],
+    )
+
+
+def gemm_full(trans_a: int, trans_b: int, bias: bool, opset: int = 17):
+    k, n = 96, 80
+    w = weight(n, k) if trans_b else weight(k, n)
+    x_shape = [k, "m"] if trans_a else ["m", k]
+    inputs = ["x", "W"] + (["b"] if bias else [])
+    inits = [("W", w)] + ([("b", weight(n))] if bias else [])
+    return make_model(
+        [helper.make_node("Gemm", inputs, ["y"], transA=trans_a, transB=trans_b, alpha=0.7, beta=1.3)],
+        [("x", F, x_shape)],
+        [("y", F, ["m", n])],
+        inits,
+        opset=opset,
+    )
+
+
+def conv_with(spatial: int = 2, bias: bool = True, kernel_shape_attr: bool = True, group: int = 1, **attrs):
+    cin, cout, k = 12, 24, 3
+    size = {1: [20], 2: [13, 11], 3: [7, 6, 5]}[spatial]
+    if kernel_shape_attr:
+        attrs["kernel_shape"] = [k] * spatial
+    inputs = ["x", "W"] + (["b"] if bias else [])
+    inits = [("W", weight(cout, cin // group, *([k] * spatial)))] + ([("b", weight(cout))] if bias else [])
+    return make_model(
+        [helper.make_node("Conv", inputs, ["y"], group=group, **attrs)],
+        [("x", F, ["batch", cin, *size])],
+        [("y", F, ["batch", cout] + ["s"] * spatial)],
+        inits,
+    )
+
+
+def gather_scalar():
+    """Gather with a scalar index: one row, rank 1."""
+    return make_model(
+        [helper.make_node("Gather", ["E", "i"], ["y"], axis=0)],
+        [("i", TensorProto.INT64, [])],
+        [("y", F, [24])],
+        [("E", weight(300, 24))],
+    )
+
+
+def low_rank_weight(rows: int = 256, cols: int = 192, rank: int = 6, noise: float = 1e-3):
+    """x @ W where W is rank `rank` plus a little noise: what low rank is for."""
+    rng = np.random.default_rng(7)
+    w = (rng.normal(size=(rows, rank)) @ rng.normal(size=(rank, cols)) / np.sqrt(rank)).astype(np.float32)
+    w += (noise * rng.normal(size=w.shape)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("MatMul", ["h", "V"], ["y"])],
+        [("x", F, ["batch", rows])],
+        [("y", F, ["batch", 64])],
+        [("W", w), ("V", weight(cols, 64))],
+    )
+    return model
+
+
+# Models whose weights a low-rank pair can replace, one per rewrite.
+FACTORABLE = {
+    "matmul": matmul,
+    "matmul_3d": matmul_3d,
+    "matmul_left": matmul_left,
+    "matmul_fp16": lambda: matmul_3d(np.float16),
+    "gemm": lambda: gemm_full(0, 0, True),
+    "gemm_transB": lambda: gemm_full(0, 1, True),
+    "gemm_transA_transB_nobias": lambda: gemm_full(1, 1, False),
+    "gemm_transA_opset9": lambda: gemm_full(1, 0, True, opset=9),
+    "gemm_nobias_opset11": lambda: gemm_full(0, 1, False, opset=11),
+    "conv": conv,
+    "conv_dilated_padded": lambda: conv_with(2, strides=[2, 1], pads=[1, 0, 2, 1], dilations=[2, 1]),
+    "conv_same_upper": lambda: conv_with(2, auto_pad="SAME_UPPER", strides=[2, 2]),
+    "conv1d_nobias_no_kernel_attr": lambda: conv_with(1, bias=False, kernel_shape_attr=False, strides=[3]),
+    "conv3d": lambda: conv_with(3, pads=[1] * 6),
+    "embedding": embedding,
+    "gather_scalar": gather_scalar,
+    "constant_node": constant_node,
+}
 
 
 ALL = {

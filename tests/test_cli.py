@@ -122,6 +122,11 @@ def test_output_over_the_input_is_refused(tmp_path, capsys, model_path):
         (["--include", "("], "not a valid regular expression"),
         (["--target-ort", "latest"], "--target-ort"),
         (["--target-ort", "1.14"], "1.16 and later"),
+        (["--rank", "4"], "add --method lowrank"),
+        (["--method", "lowrank", "--rank", "4", "--energy", "0.9"], "pass only one"),
+        (["--method", "lowrank", "--energy", "1.5"], "--energy must be in (0, 1]"),
+        (["--method", "auto", "--rank-ratio", "0.5"], "--method auto sets each rank"),
+        (["--method", "lowrank", "--rank", "1000"], "nothing to compress"),
     ],
 )
 def test_bad_options(tmp_path, capsys, model_path, flags, match):
@@ -183,6 +188,35 @@ def test_success_writes_output_and_json_report(tmp_path, capsys, model_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["tensors"][0]["bits"] == 4 and report["verified"]
     onnx.checker.check_model(str(written), full_check=True)
+
+
+def test_low_rank_from_the_command_line(tmp_path, capsys, model_path):
+    out = tmp_path / "pair.onnx"
+    code, text, _ = run_cli([model_path, "-o", out, "--min-elements", 64, "--method", "lowrank", "--rank", 4], capsys)
+    assert code == 0 and "rank 4/16" in text and "multiply-adds" in text and "cosine" in text
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops == ["Conv", "Conv"]
+
+
+def test_compare_prints_every_output_and_exits_1_past_the_tolerance(tmp_path, capsys, model_path):
+    out = tmp_path / "c.onnx"
+    assert run_cli([model_path, "-o", out, "--min-elements", 64, "--bits", 2, "-q"], capsys)[0] == 0
+    code, text, _ = run_cli(["compare", model_path, out], capsys)
+    assert code == 0 and "relative L2" in text and "y" in text
+    assert run_cli(["compare", model_path, out, "--tolerance", 1e-6], capsys)[0] == 1
+    assert run_cli(["compare", model_path, model_path, "--tolerance", 0], capsys)[0] == 0
+    assert_bad_input(["compare", model_path, tmp_path / "missing.onnx"], capsys, tmp_path, "missing.onnx", [model_path])
+
+
+def test_unreachable_target_exits_1_with_one_line(tmp_path, capsys, model_path):
+    code, _, err = run_cli([model_path, "-o", tmp_path / "x.onnx", "--min-elements", 64, "--max-error", 1e-12], capsys)
+    assert code == 1 and "target not met" in err and "Traceback" not in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_planned_compression_from_the_command_line(tmp_path, capsys, model_path):
+    code, text, _ = run_cli([model_path, "-o", tmp_path / "p.onnx", "--min-elements", 64, "--max-error", 0.05], capsys)
+    assert code == 0 and "plan for --max-error 0.05" in text
 
 
 def test_inspect_writes_nothing(tmp_path, capsys, model_path):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
 
 from onnxcompress.cli import _compress_parser
 from onnxcompress.errors import CompressError
-from onnxcompress.options import OPTION_GROUPS, CodebookOptions, groups_from_args, groups_from_kwargs
+from onnxcompress.options import (
+    OPTION_GROUPS,
+    CodebookOptions,
+    LowRankOptions,
+    add_arguments,
+    groups_from_args,
+    groups_from_kwargs,
+)
 
 
 def test_every_field_is_a_flag_with_the_same_default():
@@ -34,18 +42,27 @@ def test_keywords_are_validated_like_flags():
         groups_from_kwargs({"bits": 0})
     with pytest.raises(CompressError, match="group:N"):
         groups_from_kwargs({"granularity": "group:1"})
+    with pytest.raises(CompressError, match="only one"):
+        groups_from_kwargs({"rank": 4, "energy": 0.9})
+    with pytest.raises(CompressError, match=r"--energy must be in \(0, 1\]"):
+        groups_from_kwargs({"energy": 1.5})
+    with pytest.raises(CompressError, match="--rank must be at least 1"):
+        groups_from_kwargs({"rank": 0})
+    # every option is documented where Python users look for it
+    import onnxcompress
+
     names = {f.name for cls in OPTION_GROUPS for f in dataclasses.fields(cls)}
-    assert {
-        "bits",
-        "granularity",
-        "codebook_dtype",
-        "kmeans",
-        "min_elements",
-        "include",
-        "exclude",
-        "target_ort",
-        "opset",
-        "verify",
-        "inputs",
-        "seed",
-    } == names
+    assert names == {n for n in names if n in (onnxcompress.compress.__doc__ or "")}
+    assert {"bits", "method", "rank", "energy", "svd", "verify"} <= names
+
+
+def test_float_and_optional_flags():
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--method", "lowrank", "--energy", "0.95", "--svd", "full"])
+    low = groups_from_args(args)[LowRankOptions]
+    assert (low.energy, low.rank, low.svd) == (0.95, None, "full")
+    assert low.energy_target() == 0.95 and low.fixed_rank(100) is None
+    assert LowRankOptions(rank_ratio=0.25).fixed_rank(10) == 2  # 2.5 rounds to even
+    assert LowRankOptions(rank=500).fixed_rank(64) == 64
+    assert LowRankOptions().energy_target() == 0.99

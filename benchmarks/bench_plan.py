@@ -1,0 +1,168 @@
+"""The planner on real models: error targets, and error at equal size against onnxruntime's
+quantizers, in one run.
+
+    bash ../shared/models/get_models.sh     # once
+    pip install -e ".[bench]"
+    python benchmarks/bench_plan.py [--cache DIR] [--models a,b]
+
+Per model, on its real inputs (which also serve as the calibration data):
+- uniform 8 bits per tensor (the reference size);
+- `--max-error 0.01` (worst relative L2 error of an output): size, measured error, task result,
+  planning time. Targets: every task result unchanged, at least 1.5x smaller than 8 bits,
+  a 90 MB model planned in under a minute;
+- quantize_dynamic (int8) and MatMulNBits (4 bits, block 32), then the planner with
+  `--target-size` at each one's file size: worst relative L2 error of both side by side.
+  Target: at least 2x lower error at equal size, where the peer applies (changes the model).
+Writes benchmarks/results/plan.md and plan.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from harness import model_inputs, session, task_result, write_json
+
+import onnxcompress
+from onnxcompress.verify import compare
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import matmul_nbits_4, quantize_dynamic_int8  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")
+MODELS = ["digits_mlp", "minilm_l6", "ppocrv6_rec_small", "silero_vad_seq", "mtcnn_onet"]
+MAX_ERROR = 0.01
+
+
+def evaluate(name, path, feed, labels, ref, out_names) -> dict:
+    outs = dict(zip(out_names, session(path).run(out_names, feed), strict=True))
+    diffs = compare(out_names, [[ref[n] for n in out_names]], [[outs[n] for n in out_names]])
+    return {
+        "bytes": path.stat().st_size,
+        "rel_l2": max(d.rel_l2 for d in diffs),
+        "task": task_result(name, path, outs, ref, labels),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=Path(DEFAULT_CACHE))
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in args.models.split(","):
+            if name != "digits_mlp" and not (args.cache / "models" / f"{name}.onnx").exists():
+                print(f"{name}: not in {args.cache} (run ../shared/models/get_models.sh); skipped")
+                continue
+            src, feed, labels = model_inputs(name, args.cache)
+            out_names = [o.name for o in session(src).get_outputs()]
+            ref = dict(zip(out_names, session(src).run(out_names, feed), strict=True))
+            row: dict = {"model": name, "bytes": Path(src).stat().st_size}
+
+            eight = tmp / "eight.onnx"
+            onnxcompress.compress(src, eight, force=True, bits=8, verify=False)
+            row["uniform8"] = evaluate(name, eight, feed, labels, ref, out_names)
+
+            planned = tmp / "planned.onnx"
+            t0 = time.perf_counter()
+            r = onnxcompress.compress(src, planned, force=True, max_error=MAX_ERROR, calibration=feed)
+            row["planned"] = {
+                **evaluate(name, planned, feed, labels, ref, out_names),
+                "seconds": time.perf_counter() - t0,
+                "candidates": len(r.report.plan["candidates"]),
+                "mix": sorted({t.describe() for t in r.report.tensors}),
+                "kept": sum("plan keeps" in s["reason"] for s in r.report.skipped),
+            }
+
+            for peer, tool in (("int8", quantize_dynamic_int8), ("nbits4", matmul_nbits_4)):
+                dst = tmp / f"{peer}.onnx"
+                try:
+                    tool(Path(src), dst)
+                except Exception as e:  # noqa: BLE001 - a peer that cannot handle a model is a result too
+                    row[peer] = {"error": str(e).splitlines()[0][:100]}
+                    continue
+                theirs = evaluate(name, dst, feed, labels, ref, out_names)
+                if theirs["bytes"] >= 0.98 * row["bytes"]:
+                    row[peer] = {**theirs, "applies": False}
+                    continue
+                mine = tmp / f"plan_{peer}.onnx"
+                try:
+                    onnxcompress.compress(src, mine, force=True, target_size=theirs["bytes"] / 1e6, calibration=feed)
+                    ours = evaluate(name, mine, feed, labels, ref, out_names)
+                except onnxcompress.TargetError as e:
+                    ours = {"error": str(e)[:100]}
+                row[peer] = {**theirs, "applies": True, "ours": ours}
+            rows.append(row)
+            p, u = row["planned"], row["uniform8"]
+            print(
+                f"{name:18s} 8 bit {u['bytes'] / 1e6:7.2f} MB rel {u['rel_l2']:.1e} | planned {p['bytes'] / 1e6:7.2f} MB "
+                f"({u['bytes'] / p['bytes']:.2f}x smaller than 8 bit) rel {p['rel_l2']:.1e} {p['seconds']:.1f} s, "
+                f"{p['task']['summary']}",
+                flush=True,
+            )
+            for peer in ("int8", "nbits4"):
+                q = row.get(peer, {})
+                if q.get("applies"):
+                    ours = q["ours"].get("rel_l2", float("nan"))
+                    print(f"{'':18s} {peer}: {q['bytes'] / 1e6:.2f} MB rel {q['rel_l2']:.1e} | ours rel {ours:.1e}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(rows, args.out / "plan.json")
+    (args.out / "plan.md").write_text(render(rows))
+    print(render(rows))
+    return 0
+
+
+def render(rows: list[dict]) -> str:
+    out = [
+        f"# The planner (`python benchmarks/bench_plan.py`), --max-error {MAX_ERROR} and equal-size comparisons",
+        "",
+        "| model | 8 bit: MB, rel. L2 | --max-error 0.01: MB, rel. L2 | vs 8 bit | planning | task result (planned) | mix |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        u, p = r["uniform8"], r["planned"]
+        out.append(
+            f"| {r['model']} | {u['bytes'] / 1e6:.2f}, {u['rel_l2']:.1e} | {p['bytes'] / 1e6:.2f}, {p['rel_l2']:.1e} | "
+            f"{u['bytes'] / p['bytes']:.2f}x smaller | {p['seconds']:.1f} s, {p['candidates']} measured | {p['task']['summary']} "
+            f"(unchanged: {p['task']['unchanged']}) | {', '.join(p['mix'])}" + (f"; {p['kept']} kept" if p["kept"] else "") + " |"
+        )
+    out += [
+        "",
+        "At equal file size: the peer's worst relative L2 error against the planner's with `--target-size` at the peer's size.",
+        "",
+        "| model | peer | size MB | peer rel. L2 | onnxcompress rel. L2 | error ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for peer, label in (("int8", "quantize_dynamic int8"), ("nbits4", "MatMulNBits 4 bit")):
+            q = r.get(peer)
+            if not q or "error" in q:
+                out.append(f"| {r['model']} | {label} | failed: {q.get('error') if q else ''} | | | |")
+            elif not q["applies"]:
+                out.append(f"| {r['model']} | {label} | {q['bytes'] / 1e6:.2f} (does not change the model) | | | |")
+            elif "error" in q["ours"]:
+                out.append(f"| {r['model']} | {label} | {q['bytes'] / 1e6:.2f} | {q['rel_l2']:.1e} | {q['ours']['error']} | |")
+            else:
+                o = q["ours"]
+                ratio = q["rel_l2"] / o["rel_l2"] if o["rel_l2"] else float("inf")
+                out.append(
+                    f"| {r['model']} | {label} | {q['bytes'] / 1e6:.2f} | {q['rel_l2']:.1e} | {o['rel_l2']:.1e} "
+                    f"({o['bytes'] / 1e6:.2f} MB) | {ratio:.1f}x lower |"
+                )
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Step 3: encode each selected weight as --method says: a codebook, a low-rank pair, a pair
+whose factors are codebooks, or (auto) the smallest of these at the codebook's weight error."""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .encode import Codebook, encode_codebook
+from .lowrank import LowRankPair, as_matrix, break_even_rank, encode_lowrank, factor_kind, relative_error
+from .options import CodebookOptions, LowRankOptions
+from .rewrite_lowrank import factor_sites
+from .select import Skipped, WeightSite
+
+
+@dataclass
+class EncodedWeight:
+    """One weight as it will be stored: a codebook, or a pair (its factors plain or codebooks)."""
+
+    site: WeightSite
+    codebook: Codebook | None = None
+    pair: LowRankPair | None = None
+    factors: list[tuple[WeightSite, Codebook]] | None = None  # the pair's factors as codebooks
+    half: np.ndarray | None = None  # or the weight stored as float16 (a planner option)
+    rel_error: float = float("nan")
+    seconds: float = 0.0
+    note: str = ""  # why a weight took another encoding than --method asked for
+
+    @property
+    def encoding(self) -> str:
+        if self.half is not None:
+            return "float16"
+        if self.pair is None:
+            return "codebook"
+        return "lowrank+kmeans" if self.factors else "lowrank"
+
+    def decoded(self) -> np.ndarray:
+        """The weight as the compressed model computes it (the product of the decoded factors)."""
+        if self.half is not None:
+            return self.half.astype(np.float64)
+        if self.pair is None:
+            assert self.codebook is not None
+            return self.codebook.decoded()
+        if not self.factors:
+            return self.pair.decoded()
+        rows, cols = as_matrix(self.site.array, self.pair.kind).shape
+        left = self.factors[0][1].decoded().astype(np.float64).reshape(rows, self.pair.rank)
+        right = self.factors[1][1].decoded().astype(np.float64).reshape(self.pair.rank, cols)
+        return (left @ right).reshape(self.site.array.shape)
+
+    def stored_bytes(self) -> int:
+        if self.half is not None:
+            return int(self.half.nbytes)
+        if self.factors:
+            return sum(cb.stored_bytes() for _, cb in self.factors)
+        if self.pair is not None:
+            return self.pair.stored_bytes()
+        assert self.codebook is not None
+        return self.codebook.stored_bytes()
+
+
+def weight_bytes(site: WeightSite) -> int:
+    itemsize = (
+        2 if site.onnx_dtype == onnx.TensorProto.BFLOAT16 else onnx.helper.tensor_dtype_to_np_dtype(site.onnx_dtype).itemsize
+    )
+    return site.array.size * itemsize
+
+
+def encode_weights(
+    weights: list[WeightSite],
+    method: str,
+    codebook_o: CodebookOptions,
+    lowrank_o: LowRankOptions,
+    progress: bool = False,
+    importance: dict[str, np.ndarray] | None = None,
+) -> tuple[list[EncodedWeight], list[Skipped]]:
+    """Every weight that gets smaller, and the others with the reason they were left alone.
+    Under lowrank+kmeans and auto, a weight no pair can replace (or whose pair would not be
+    smaller than its codebook) becomes a codebook, with a note saying why. `importance` (per
+    weight name) weights the codebooks' k-means (see calibrate.py)."""
+    kinds = {site.name: factor_kind(site) for site in weights}
+    codebooks = encode_codebooks(weights, codebook_o, progress, importance) if method != "lowrank" else {}
+    out: list[EncodedWeight] = []
+    skipped: list[Skipped] = []
+    with _progress(progress) as bar:
+        n_factored = sum(1 for kind, _ in kinds.values() if kind)
+        task = bar.add_task("low rank", total=n_factored) if bar and n_factored and method != "codebook" else None
+        for site in weights:
+            kind, why = kinds[site.name]
+            cb = codebooks.get(site.name)
+            as_codebook = EncodedWeight(site, codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds) if cb else None
+            best = as_codebook
+            if method != "codebook" and kind is None:
+                why = why or "low rank: no pair can replace it"
+            elif method != "codebook" and kind is not None:
+                if method == "auto":
+                    assert cb is not None
+                    best = _smallest_within(site, kind, cb, codebook_o, lowrank_o)
+                else:
+                    pair = encode_lowrank(site.array, kind, lowrank_o)
+                    candidate = _as_pair(site, pair, codebook_o if method == "lowrank+kmeans" else None)
+                    if candidate is not None and (as_codebook is None or candidate.stored_bytes() < as_codebook.stored_bytes()):
+                        best = candidate
+                    else:
+                        why = f"low rank: the pair at rank {pair.rank} is not smaller than the " + (
+                            "weight" if as_codebook is None else "weight's codebook"
+                        )
+                if task is not None:
+                    bar.advance(task)
+            if best is None or best.stored_bytes() >= weight_bytes(site):
+                reason = (
+                    why
+                    if method == "lowrank"
+                    else (f"not smaller as a codebook ({weight_bytes(site)} -> {cb.stored_bytes() if cb else '?'} bytes)")
+                )
+                skipped.append(Skipped(site.name, tuple(site.array.shape), reason))
+                continue
+            if best.pair is None and method != "codebook":
+                best.note = why.replace("low rank: ", "") + "; codebook instead" if why else ""
+            out.append(best)
+    return out, skipped
+
+
+def _as_pair(site: WeightSite, pair: LowRankPair, codebook_o: CodebookOptions | None) -> EncodedWeight | None:
+    """The pair (its factors as codebooks when codebook_o is given), or None when a pair of
+    this rank is not smaller than the weight."""
+    rows, cols = as_matrix(site.array, pair.kind).shape
+    if pair.rank > break_even_rank(rows, cols):
+        return None
+    if codebook_o is None:
+        return EncodedWeight(site, pair=pair, rel_error=pair.rel_error, seconds=pair.seconds)
+    sites = factor_sites(site, pair)
+    factors = [(fs, encode_codebook(fs.array, codebook_o, fs.channel_axis())) for fs in sites]
+    encoded = EncodedWeight(site, pair=pair, factors=factors, seconds=pair.seconds + sum(cb.seconds for _, cb in factors))
+    encoded.rel_error = relative_error(site.array, encoded.decoded())
+    return encoded
+
+
+def _smallest_within(
+    site: WeightSite, kind: str, cb: Codebook, codebook_o: CodebookOptions, lowrank_o: LowRankOptions
+) -> EncodedWeight:
+    """--method auto: the codebook, the float pair whose truncation error is at most the
+    codebook's, or the quantized pair (truncated to half the error budget in energy) if its
+    measured error is within the budget: whichever is smallest."""
+    budget = cb.rel_error
+    candidates = [EncodedWeight(site, codebook=cb, rel_error=budget, seconds=cb.seconds)]
+    if budget > 0:
+        rows, cols = as_matrix(site.array, kind).shape
+        for share, quantized in ((1.0, False), (math.sqrt(0.5), True)):
+            options = replace(lowrank_o, rank=None, rank_ratio=None, energy=1.0 - (share * budget) ** 2)
+            pair = encode_lowrank(site.array, kind, options)
+            if pair.rank > break_even_rank(rows, cols):
+                continue
+            got = _as_pair(site, pair, codebook_o if quantized else None)
+            if got is not None and got.rel_error <= budget * (1 + 1e-6):
+                candidates.append(got)
+    return min(candidates, key=EncodedWeight.stored_bytes)
+
+
+def encode_codebooks(
+    weights: list[WeightSite],
+    options: CodebookOptions | dict[str, CodebookOptions],
+    progress: bool = False,
+    importance: dict[str, np.ndarray] | None = None,
+) -> dict[str, Codebook]:
+    """Encode the tensors on all cores (the k-means core releases the GIL), largest first;
+    `options` for all, or per weight name."""
+    order = sorted(weights, key=lambda w: -w.array.size)
+    workers = max(1, min(len(order), os.cpu_count() or 1))
+    results: dict[str, Codebook] = {}
+    with _progress(progress) as bar, ThreadPoolExecutor(workers) as pool:
+        task = bar.add_task("codebooks", total=len(order)) if bar else None
+        per = options if isinstance(options, dict) else {w.name: options for w in order}
+        imp = importance or {}
+        futures = [pool.submit(encode_codebook, w.array, per[w.name], w.channel_axis(), imp.get(w.name)) for w in order]
+        for w, f in zip(order, futures, strict=True):
+            results[w.name] = f.result()
+            if bar and task is not None:
+                bar.advance(task)
+    return results
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return nullcontext()
+    from rich.console import Console
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tensors"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )

@@ -1,0 +1,162 @@
+"""Sensitivity from calibration inputs: the element weights match what the consumer's input
+activations say, and weighting k-means by them lowers the error that reaches the outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import onnxcompress as oc
+from onnxcompress.calibrate import importances
+from onnxcompress.encode import encode_codebook
+from onnxcompress.options import CodebookOptions, SelectOptions
+from onnxcompress.select import select_weights
+
+from models import ALL, F, conv_with, gemm_full, make_model, weight
+
+
+def weights_of(model, feeds):
+    sel = select_weights(model, SelectOptions(min_elements=64))
+    return importances(model, sel.weights, feeds), {w.name: w for w in sel.weights}
+
+
+def test_matmul_rows_weigh_the_mean_square_of_their_input_feature():
+    model = ALL["matmul"]()  # x [batch, 48] @ W [48, 40]
+    rng = np.random.default_rng(0)
+    scale = np.linspace(0.1, 3.0, 48).astype(np.float32)
+    feeds = [{"x": (rng.normal(size=(50, 48)) * scale).astype(np.float32)} for _ in range(3)]
+    imp, _ = weights_of(model, feeds)
+    x = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
+    want = (x**2).mean(axis=0)
+    got = imp["W"]
+    assert got.shape == (48, 40) and np.allclose(got[:, 0], got[:, 7])
+    np.testing.assert_allclose(got[:, 0], want / want.mean(), rtol=1e-5)
+
+
+def test_an_intermediate_activation_is_captured_through_onnxruntime():
+    """x -> Relu -> MatMul(W): the importance comes from the Relu's output, not from x."""
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("MatMul", ["h", "W"], ["y"])],
+        [("x", F, ["batch", 48])],
+        [("y", F, ["batch", 40])],
+        [("W", weight(48, 40))],
+    )
+    x = np.random.default_rng(1).normal(size=(64, 48)).astype(np.float32)
+    x[:, :10] = -np.abs(x[:, :10])  # features 0..9 are always negative: Relu zeroes them
+    imp, _ = weights_of(model, [{"x": x}])
+    assert np.all(imp["W"][:10] == 0) and np.all(imp["W"][10:] > 0)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 1)])
+def test_gemm_weighs_the_reduction_index(trans_a, trans_b):
+    model = gemm_full(trans_a, trans_b, True)
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(30, 96)) * np.linspace(0.1, 2, 96)
+    x = (a.T if trans_a else a).astype(np.float32)
+    imp, _ = weights_of(model, [{"x": x}])
+    per_k = (a**2).mean(axis=0)
+    got = imp["W"][0, :] if trans_b else imp["W"][:, 0]
+    np.testing.assert_allclose(got, per_k / per_k.mean(), rtol=1e-5)
+
+
+def test_grouped_conv_weighs_each_filter_by_its_own_groups_channels():
+    model = conv_with(2, group=3)  # 12 input channels in 3 groups, 24 filters
+    x = np.zeros((2, 12, 13, 11), np.float32)
+    x[:, 4:8] = 1.0  # only group 1 has signal
+    imp, _ = weights_of(model, [{"x": x}])
+    w = imp["W"]
+    assert w.shape == (24, 4, 3, 3)
+    assert np.all(w[8:16] > 0) and np.all(w[:8] == 0) and np.all(w[16:] == 0)
+
+
+def test_embedding_rows_weigh_their_lookup_counts_with_a_floor():
+    model = ALL["embedding"]()  # E [300, 24]
+    ids = np.array([[0, 0, 0, 5], [5, 7, 0, 0]], np.int64)
+    imp, _ = weights_of(model, [{"ids": ids}])
+    rows = imp["E"][:, 0]
+    assert rows[0] > rows[5] > rows[7] > rows[1] > 0
+    assert rows[1] == rows[299]  # never looked up: the floor
+
+
+def test_unmodelled_consumers_weigh_every_element_the_same():
+    model = ALL["lstm"]()
+    feeds = [{"x": np.random.default_rng(0).normal(size=(5, 2, 12)).astype(np.float32)}]
+    imp, sites = weights_of(model, feeds)
+    for name, arr in imp.items():
+        assert arr.shape == sites[name].array.shape and np.allclose(arr, 1.0)
+
+
+def test_sensitivity_weighting_lowers_the_output_error():
+    """Inputs whose features differ 100x in scale, and the rows they meet hold small values:
+    clustering for the output error, not the weight's own, keeps those rows' levels."""
+    model = ALL["matmul"]()
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w[:6] *= 0.05
+    model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, "W"))
+    rng = np.random.default_rng(3)
+    scale = np.where(np.arange(48) < 6, 10.0, 0.1)
+    x = (rng.normal(size=(200, 48)) * scale).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+
+    def output_error(**kw):
+        r = oc.compress(model, bits=2, min_elements=64, calibration={"x": x}, **kw)
+        got = ort.InferenceSession(r.model.SerializeToString()).run(None, {"x": x})[0]
+        return np.linalg.norm(got - want) / np.linalg.norm(want), r.report
+
+    plain, plain_report = output_error(sensitivity=False)
+    weighted, report = output_error()
+    assert report.settings["sensitivity_weighted"] and not plain_report.settings["sensitivity_weighted"]
+    assert weighted < 0.5 * plain
+    # and the weight's own error went up: the codebook spent its levels where it matters
+    assert report.tensors[0].rel_error > plain_report.tensors[0].rel_error
+
+
+def test_weighted_codebook_is_optimal_for_the_weighted_error():
+    """Against the unweighted codebook, the weighted one never has a larger weighted SSE."""
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(64, 32)).astype(np.float32)
+    imp = rng.uniform(0, 5, size=w.shape).astype(np.float32)
+    for bits in (1, 2, 3):
+        opts = CodebookOptions(bits=bits, kmeans="exact")
+        weighted = encode_codebook(w, opts, 0, imp).decoded()
+        plain = encode_codebook(w, opts, 0).decoded()
+        assert np.sum(imp * (weighted - w) ** 2) <= np.sum(imp * (plain - w) ** 2) * (1 + 1e-9)
+
+
+def test_binned_path_takes_weights_too():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=300_000).astype(np.float32)
+    imp = np.where(w > 0, 10.0, 0.1).astype(np.float32)
+    opts = CodebookOptions(bits=3, kmeans="binned")
+    weighted = encode_codebook(w, opts, 0, imp)
+    plain = encode_codebook(w, opts, 0)
+    assert weighted.method == "binned"
+    # more levels among the heavily weighted positive values
+    assert np.sum(weighted.centroids[0] > 0) > np.sum(plain.centroids[0] > 0)
+
+
+def test_bad_calibration_inputs_are_a_clear_error():
+    with pytest.raises(oc.CompressError, match="calibration must be"):
+        oc.compress(ALL["matmul"](), min_elements=64, calibration=[])
+    with pytest.raises(oc.CompressError, match="check the --inputs file"):
+        oc.compress(ALL["matmul"](), min_elements=64, calibration={"nope": np.zeros((2, 48), np.float32)})
+
+
+def test_calibration_does_not_need_float_outputs_everywhere():
+    """A model whose activation feeding the weight is an integer tensor cast to float."""
+    model = make_model(
+        [
+            helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["f", "W"], ["y"]),
+        ],
+        [("ids", TensorProto.INT64, ["batch", 48])],
+        [("y", F, ["batch", 40])],
+        [("W", weight(48, 40))],
+    )
+    onnx.checker.check_model(model)
+    ids = np.random.default_rng(0).integers(0, 5, size=(10, 48))
+    imp, _ = weights_of(model, [{"ids": ids}])
+    assert imp["W"].shape == (48, 40) and np.isclose(imp["W"].mean(), 1.0)

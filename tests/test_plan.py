@@ -1,0 +1,176 @@
+"""The planner: options per tensor, the equal-slope ladder against brute force, and targets
+met (or plainly refused) end to end."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import onnxcompress as oc
+from onnxcompress.plan import Option, TensorOptions, _lower_hull, fit_size, ladder, tensor_options
+from onnxcompress.select import WeightSite
+
+from models import ALL, matmul_chain
+
+
+def site(name: str, shape=(64, 32), seed=0) -> WeightSite:
+    arr = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    return WeightSite(name, arr, onnx.TensorProto.FLOAT, "initializer", [])
+
+
+def test_options_cover_every_bit_width_and_shrink_with_bits():
+    s = site("W", (256, 128))
+    opts = tensor_options(s, None, s.array.nbytes)
+    assert opts.options[-1].bits is None and opts.options[-1].distortion == 0  # keep: the largest
+    sizes = [o.bytes for o in opts.options]
+    dists = [o.distortion for o in opts.options]
+    assert sizes == sorted(sizes) and dists == sorted(dists, reverse=True)
+    tensor = [o for o in opts.options if o.granularity == "tensor" and o.bits]
+    assert tensor, "the hull keeps per-tensor options"
+    # distortion of 8 bits per tensor matches an actual encoding's relative weighted error
+    from onnxcompress.encode import encode_codebook
+    from onnxcompress.options import CodebookOptions
+
+    eight = next(o for o in tensor_options(s, None, s.array.nbytes).options if o.bits == 8 and o.granularity == "tensor")
+    cb = encode_codebook(s.array, CodebookOptions(bits=8, kmeans="exact"))
+    assert eight.distortion == pytest.approx(cb.rel_error**2, rel=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 1000), st.floats(0, 1)), min_size=1, max_size=12))
+def test_lower_hull_is_convex_and_pareto(points):
+    options = [Option(b, "tensor", size, d) for b, (size, d) in enumerate(points, start=1)]
+    hull = _lower_hull(options)
+    assert [o.bytes for o in hull] == sorted(o.bytes for o in hull)
+    assert all(a.distortion > b.distortion for a, b in itertools.pairwise(hull))
+    for a, b, c in zip(hull, hull[1:], hull[2:], strict=False):  # slopes flatten: convex
+        assert (a.distortion - b.distortion) / (b.bytes - a.bytes) >= (b.distortion - c.distortion) / (c.bytes - b.bytes) - 1e-12
+    for o in options:  # every option is on or above the hull's lower envelope
+        assert hull[0].bytes <= o.bytes
+        right = next((h for h in hull if h.bytes >= o.bytes), None)
+        if right is None:
+            assert hull[-1].distortion <= o.distortion
+            continue
+        left = max((h for h in hull if h.bytes <= o.bytes), key=lambda h: h.bytes)
+        t = 0.0 if right.bytes == left.bytes else (o.bytes - left.bytes) / (right.bytes - left.bytes)
+        assert left.distortion + t * (right.distortion - left.distortion) <= o.distortion + 1e-9
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(2, 4))
+def test_ladder_plans_are_optimal_for_their_size(seed, n_tensors):
+    """Every plan on the ladder has the least total distortion among all combinations of hull
+    options that fit in its bytes, up to the Lagrangian's convexification: never worse than
+    the best combination at or below its size."""
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for t in range(n_tensors):
+        sizes = np.sort(rng.integers(10, 1000, size=4))
+        dists = np.sort(rng.uniform(0, 1, size=4))[::-1]
+        opts = [Option(i + 1, "tensor", int(s), float(d)) for i, (s, d) in enumerate(zip(sizes, dists, strict=True))]
+        tensors.append(TensorOptions(site(f"w{t}"), _lower_hull(opts + [Option(None, bytes=2000, distortion=0.0)])))
+    plans = ladder(tensors)
+    assert plans[0].bytes == sum(t.options[0].bytes for t in tensors)  # everything at its smallest
+    assert not plans[-1].compressed()  # ... up to everything kept
+    combos = [(sum(o.bytes for o in c), sum(o.distortion for o in c)) for c in itertools.product(*(t.options for t in tensors))]
+    for p in plans:
+        best = min(d for b, d in combos if b <= p.bytes)
+        assert p.distortion <= best + 1e-9
+    budget = (plans[0].bytes + plans[-1].bytes) // 2
+    chosen = fit_size(plans, budget)
+    assert chosen is not None and chosen.bytes <= budget
+
+
+def test_max_error_is_met_on_the_calibration_inputs_and_beats_uniform_8_bits():
+    model = matmul_chain("A", (256, 192), "B", (192, 64))
+    x = np.random.default_rng(0).normal(size=(40, 256)).astype(np.float32)
+    r = oc.compress(model, min_elements=64, max_error=0.02, calibration={"x": x})
+    assert r.report.plan["measured"] <= 0.02
+    assert max(d.rel_l2 for d in r.report.outputs) <= 0.02  # the final verification agrees
+    uniform = oc.compress(model, min_elements=64, bits=8, verify=False)
+    assert r.report.file_bytes_after < uniform.report.file_bytes_after
+    assert r.report.plan["candidates"], "the error target was measured"
+    onnx.checker.check_model(r.model, full_check=True)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "max-abs"])
+def test_other_metrics(metric):
+    model = matmul_chain("A", (256, 192), "B", (192, 64))
+    x = np.random.default_rng(1).normal(size=(40, 256)).astype(np.float32)
+    target = 1e-4 if metric == "cosine" else 0.5
+    r = oc.compress(model, min_elements=64, max_error=target, metric=metric, calibration={"x": x})
+    d = r.report.outputs[0]
+    assert (1 - d.cosine if metric == "cosine" else d.max_abs) <= target
+
+
+def test_a_user_metric_drives_the_plan():
+    model = matmul_chain("A", (256, 192), "B", (192, 64))
+    x = np.random.default_rng(2).normal(size=(40, 256)).astype(np.float32)
+    calls = []
+
+    def mean_abs(original, compressed):
+        calls.append(1)
+        return float(np.mean(np.abs(original[0]["y"] - compressed[0]["y"])))
+
+    r = oc.compress(model, min_elements=64, max_error=0.5, metric=mean_abs, calibration={"x": x})
+    assert calls and r.report.plan["measured"] <= 0.5
+    y = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = ort.InferenceSession(r.model.SerializeToString()).run(None, {"x": x})[0]
+    assert np.mean(np.abs(got - y)) <= 0.5
+
+
+def test_target_size_and_ratio():
+    model = matmul_chain("A", (256, 192), "B", (192, 64))
+    size = model.ByteSize()
+    r = oc.compress(model, min_elements=64, ratio=6.0, verify=False)
+    assert r.model.ByteSize() <= size / 6
+    r = oc.compress(model, min_elements=64, target_size=size / 5 / 1e6, verify=False)
+    assert r.model.ByteSize() <= size / 5
+    assert r.report.plan["measured"] is not None  # the error of a size target is measured too
+
+
+def test_unreachable_targets_say_so_and_fail():
+    model = matmul_chain("A", (256, 192), "B", (192, 64))
+    with pytest.raises(oc.TargetError, match="cannot meet --max-error 1e-09"):
+        oc.compress(model, min_elements=64, max_error=1e-9)
+    with pytest.raises(oc.TargetError, match="cannot meet --ratio 100"):
+        oc.compress(model, min_elements=64, ratio=100.0)
+
+
+def test_plan_options_are_validated():
+    with pytest.raises(oc.CompressError, match="two targets"):
+        oc.compress(ALL["matmul"](), max_error=0.1, ratio=4.0)
+    with pytest.raises(oc.CompressError, match="--ratio must be a number above 1"):
+        oc.compress(ALL["matmul"](), ratio=0.5)
+    with pytest.raises(oc.CompressError, match="drop --method"):
+        oc.compress(ALL["matmul"](), max_error=0.1, method="lowrank")
+    with pytest.raises(oc.CompressError, match="--metric must be one of"):
+        oc.compress(ALL["matmul"](), max_error=0.1, metric="psnr")
+
+
+def test_low_opsets_plan_with_8_bits_only():
+    model = ALL["matmul"](opset=9)
+    r = oc.compress(model, min_elements=64, ratio=2.0, verify=False)
+    assert {t.bits for t in r.report.tensors} == {8}
+
+
+def test_float16_is_an_option_between_codebooks_and_float32():
+    """A target tighter than 8-bit codebooks can reach: some tensors go to float16 (a Cast
+    that onnxruntime folds at load), and the outputs match the decoded weights exactly."""
+    model = matmul_chain("A", (256, 192), "B", (192, 64))
+    x = np.random.default_rng(5).normal(size=(40, 256)).astype(np.float32)
+    r = oc.compress(model, min_elements=64, max_error=5e-4, calibration={"x": x})
+    kinds = {t.name: t.encoding for t in r.report.tensors}
+    assert "float16" in kinds.values()
+    half = [i for i in r.model.graph.initializer if i.name.endswith("::float16")]
+    assert half and all(i.data_type == onnx.TensorProto.FLOAT16 for i in half)
+    assert any(n.op_type == "Cast" and n.output[0] in kinds for n in r.model.graph.node)
+    assert r.report.plan["measured"] <= 5e-4
+    meta = {p.key: p.value for p in r.model.metadata_props}
+    assert '"dtype":"float16"' in meta["onnxcompress.tensors"]
