@@ -32,8 +32,8 @@ from .options import (
     groups_from_kwargs,
 )
 from .report import Report, TensorReport
-from .rewrite import default_opset, record, rewrite_casts, rewrite_graph
-from .rewrite_lowrank import rewrite_pairs
+from .methods import assemble
+from .rewrite import default_opset, record
 from .save import check_output_path, save_model
 from .select import Selection, select_weights
 from .verify import OutputDiff, compare, error_of, load_feeds, run, session, synthesize_feed
@@ -139,14 +139,7 @@ def compress(
     if not encoded:
         hint = "try a lower --energy or --rank, or --method lowrank+kmeans" if method == "lowrank" else "try fewer --bits"
         raise CompressError(f"nothing to compress: no weight gets smaller with these settings; {hint}")
-    pairs = [(e.site, e.pair) for e in encoded if e.pair is not None]
-    factored = rewrite_pairs(source, pairs, opset) if pairs else source
-    codebooks = [(e.site, e.codebook) for e in encoded if e.codebook is not None]
-    codebooks += [factor for e in encoded for factor in e.factors or []]
-    compressed, stored = rewrite_graph(factored, codebooks, target_o.ort_version()) if codebooks else (factored, {})
-    halves = [(e.site, e.half) for e in encoded if e.half is not None]
-    if halves:
-        compressed = rewrite_casts(compressed, halves)
+    compressed, stored = assemble(source, encoded, target_o.ort_version())
     record(compressed, "plan" if planned else method, {e.site.name: _metadata(e, stored) for e in encoded})
 
     after = save_model(compressed, out_path) if out_path is not None else compressed.ByteSize()

@@ -143,16 +143,24 @@ def _randomized(a: np.ndarray, rank: int | None, energy: float | None, total: fl
     return None
 
 
-def encode_lowrank(array: np.ndarray, kind: str, options: LowRankOptions, rank: int | None = None) -> LowRankPair:
-    """Factor `array` at `rank` (or as the options say: --rank, --rank-ratio or --energy)."""
+def encode_lowrank(
+    array: np.ndarray,
+    kind: str,
+    options: LowRankOptions,
+    u_s_vt: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> LowRankPair:
+    """Factor `array` as the options say (--rank, --rank-ratio or --energy); `u_s_vt`, a full
+    SVD of its matrix already computed, is truncated instead of computing another."""
     t0 = time.perf_counter()
     matrix = as_matrix(array, kind)
     full = min(matrix.shape)
-    if rank is None:
-        rank, energy = options.fixed_rank(full), options.energy_target()
+    rank, energy = options.fixed_rank(full), options.energy_target()
+    if u_s_vt is not None:
+        u, s, vt = u_s_vt
+        r = rank if rank is not None else (rank_for_energy(s, float(np.sum(s.astype(np.float64) ** 2)), energy or 1.0) or full)
+        u, s, vt, how = u[:, :r], s[:r], vt[:r], "full"
     else:
-        energy = None
-    u, s, vt, how = truncated_svd(matrix, rank, energy if rank is None else None, options.svd)
+        u, s, vt, how = truncated_svd(matrix, rank, energy, options.svd)
     root = np.sqrt(s)
     store = array.dtype if array.dtype in (np.float16, np.float32, np.float64) else np.dtype(np.float32)
     pair = LowRankPair(

@@ -16,7 +16,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from .encode import Codebook, encode_codebook
 from .lowrank import LowRankPair, as_matrix, break_even_rank, encode_lowrank, factor_kind, relative_error
 from .options import CodebookOptions, LowRankOptions
-from .rewrite_lowrank import factor_sites
+from .rewrite import default_opset, rewrite_casts, rewrite_graph
+from .rewrite_lowrank import factor_sites, rewrite_pairs
 from .select import Skipped, WeightSite
 
 
@@ -64,6 +65,23 @@ class EncodedWeight:
             return self.pair.stored_bytes()
         assert self.codebook is not None
         return self.codebook.stored_bytes()
+
+
+def assemble(
+    model: onnx.ModelProto, encoded: list[EncodedWeight], target_ort: tuple[int, ...] = (1, 16)
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The rewritten model: pairs first (their factors become weights), then every codebook's
+    decoder (the factors' too), then the float16 casts. Also how each codebook's indices are
+    stored, by weight name."""
+    pairs = [(e.site, e.pair) for e in encoded if e.pair is not None]
+    out = rewrite_pairs(model, pairs, default_opset(model)) if pairs else model
+    codebooks = [(e.site, e.codebook) for e in encoded if e.codebook is not None]
+    codebooks += [factor for e in encoded for factor in e.factors or []]
+    stored: dict[str, str] = {}
+    if codebooks:
+        out, stored = rewrite_graph(out, codebooks, target_ort)
+    halves = [(e.site, e.half) for e in encoded if e.half is not None]
+    return (rewrite_casts(out, halves) if halves else out), stored
 
 
 def weight_bytes(site: WeightSite) -> int:

@@ -26,13 +26,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
-from .encode import Codebook, sse_curve, storage_dtype
+from .encode import Codebook, encode_codebook, sse_curve, storage_dtype
 from .errors import TargetError, VerificationError
 from .lowrank import relative_error
 from .kmeans import kmeans1d_batched
-from .methods import EncodedWeight, encode_codebooks, weight_bytes
-from .options import CodebookOptions, PlanOptions, TargetOptions
-from .rewrite import default_opset, rewrite_casts, rewrite_graph
+from .lowrank import as_matrix, break_even_rank, encode_lowrank, factor_kind, rank_for_energy, truncated_svd
+from .methods import EncodedWeight, assemble, encode_codebooks, weight_bytes
+from .rewrite_lowrank import factor_sites
+from .options import CodebookOptions, LowRankOptions, PlanOptions, TargetOptions
+from .rewrite import default_opset
 from .select import Skipped, WeightSite
 from .verify import compare, error_of, run, session
 
@@ -42,6 +44,9 @@ DECODER_BYTES = 600
 # Per-channel options cost a batched k-means run at k = 16; skipped above this many values.
 CHANNEL_OPTION_LIMIT = 1 << 22
 LADDER_STEPS = 96
+# Low-rank plan options: float pairs at the ranks holding these shares of the squared norm, and
+# at the middle one a pair of 8-bit codebooks too.
+PAIR_ENERGIES = (0.999, 0.9999, 0.99999)
 # The gain probes run on a quarter of the calibration rows, 4 to 48 of them, spread over the
 # batch: one probe per tensor, so their cost must stay well below the candidates' runs.
 PROBE_ROWS = (4, 48)
@@ -65,6 +70,8 @@ class Option:
 
     @property
     def label(self) -> str:
+        if self.granularity.startswith("rank"):
+            return self.granularity
         if self.bits is None or self.granularity == "float16":
             return "keep" if self.bits is None else "float16"
         return f"{self.bits} {self.granularity}"
@@ -133,6 +140,48 @@ def tensor_options(
             size = (a.size * bits + 7) // 8 + rows.shape[0] * k * entry + DECODER_BYTES
             options.append(Option(bits, "channel", size, max(float(by_k[k - 1]), 0.0) / norm))
     return TensorOptions(site, _lower_hull(options))
+
+
+def pair_options(
+    site: WeightSite, importance: np.ndarray | None, codebook_o: CodebookOptions
+) -> tuple[list[Option], dict[tuple[str, int | None, str], EncodedWeight]]:
+    """Low-rank options for a weight a pair can replace: float pairs at the ranks holding
+    PAIR_ENERGIES of the squared norm, and at the middle one also the pair of 8-bit codebooks;
+    only ranks whose pair is smaller than the weight. Returns the options and their encodings."""
+    kind, _ = factor_kind(site)
+    if kind is None:
+        return [], {}
+    a = site.array
+    rows, cols = as_matrix(a, kind).shape
+    weight = np.ones(a.shape) if importance is None else np.broadcast_to(importance, a.shape).astype(np.float64)
+    norm = float(np.sum(weight * a.astype(np.float64) ** 2))
+    matrix: np.ndarray = as_matrix(a, kind).astype(np.float64 if a.dtype == np.float64 else np.float32)
+    s = np.linalg.svd(matrix, compute_uv=False)  # first only the spectrum: most trained weights stop here
+    total = float(np.sum(s.astype(np.float64) ** 2))
+    ranks = [rank_for_energy(s, total, e) for e in PAIR_ENERGIES]
+    if not any(r is not None and r <= break_even_rank(rows, cols) for r in ranks):
+        return [], {}
+    u, s, vt, _ = truncated_svd(matrix, None, 1.0, "full")
+    options: list[Option] = []
+    encoded: dict[tuple[str, int | None, str], EncodedWeight] = {}
+    for energy in PAIR_ENERGIES:
+        r = rank_for_energy(s, total, energy)
+        if r is None or r > break_even_rank(rows, cols):
+            continue
+        pair = encode_lowrank(a, kind, LowRankOptions(rank=r, svd="full"), u_s_vt=(u, s, vt))
+        candidates = [(0, f"rank {r}", EncodedWeight(site, pair=pair, rel_error=pair.rel_error))]
+        if energy == PAIR_ENERGIES[1]:
+            sites = factor_sites(site, pair)
+            eight = replace(codebook_o, bits=8, granularity="tensor")
+            factors = [(fs, encode_codebook(fs.array, eight, fs.channel_axis())) for fs in sites]
+            quantized = EncodedWeight(site, pair=pair, factors=factors)
+            quantized.rel_error = relative_error(a, quantized.decoded())
+            candidates.append((8, f"rank {r} + 8 tensor", quantized))
+        for bits, label, e in candidates:
+            distortion = float(np.sum(weight * (e.decoded() - a) ** 2)) / norm if norm > 0 else 0.0
+            options.append(Option(bits, label, e.stored_bytes() + DECODER_BYTES, distortion))
+            encoded[(site.name, bits, label)] = e
+    return options, encoded
 
 
 class Probe:
@@ -307,11 +356,18 @@ def make_plan(
     t0 = time.perf_counter()
     low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements
     sizes = {w.name: weight_bytes(w) for w in weights}
+    pairs: dict[tuple[str, int | None, str], EncodedWeight] = {}
     with ThreadPoolExecutor(max(1, min(len(weights), os.cpu_count() or 1))) as pool:
         futures = [
             pool.submit(tensor_options, w, importance.get(w.name), sizes[w.name], codebook_o.kmeans, low_bits) for w in weights
         ]
         tensors = [f.result() for f in futures]
+        if low_bits:  # pairs of 8-bit codebooks need the same opset as the rest
+            pair_futures = [pool.submit(pair_options, w, importance.get(w.name), codebook_o) for w in weights]
+            for t, pf in zip(tensors, pair_futures, strict=True):
+                pair_opts, pair_encodings = pf.result()
+                pairs.update(pair_encodings)
+                t.options = _lower_hull(t.options + pair_opts)
     if not low_bits:
         for t in tensors:
             t.options = _lower_hull([o for o in t.options if o.bits in (None, 8) and o.granularity == "tensor"])
@@ -336,12 +392,14 @@ def make_plan(
         chosen = [(w, plan.choices[w.name]) for w in weights if plan.choices[w.name].bits is not None]
         todo = [(w, o) for w, o in chosen if (w.name, o.bits, o.granularity) not in cache]
         for w, o in todo:
-            if o.granularity == "float16":
+            if o.granularity.startswith("rank"):
+                cache[(w.name, o.bits, o.granularity)] = pairs[(w.name, o.bits, o.granularity)]
+            elif o.granularity == "float16":
                 half = w.array.astype(np.float16)
                 cache[(w.name, o.bits, o.granularity)] = EncodedWeight(
                     w, half=half, rel_error=relative_error(w.array, half.astype(np.float64))
                 )
-        todo = [(w, o) for w, o in todo if o.granularity != "float16"]
+        todo = [(w, o) for w, o in todo if (w.name, o.bits, o.granularity) not in cache]
         if todo:
             per = {w.name: replace(codebook_o, bits=o.bits or 8, granularity=o.granularity) for w, o in todo}
             done = encode_codebooks([w for w, _ in todo], per, progress, importance)
@@ -351,10 +409,7 @@ def make_plan(
         return [cache[(w.name, o.bits, o.granularity)] for w, o in chosen]
 
     def build(plan: Plan) -> onnx.ModelProto:
-        encoded = encodings(plan)
-        model, _ = rewrite_graph(source, [(e.site, e.codebook) for e in encoded if e.codebook], target_o.ort_version())
-        halves = [(e.site, e.half) for e in encoded if e.half is not None]
-        return rewrite_casts(model, halves) if halves else model
+        return assemble(source, encodings(plan), target_o.ort_version())[0]
 
     def measure_built(model: onnx.ModelProto) -> float:
         return calib.error(calib.reference, run(session(model, "a planned model"), calib.feeds, "a planned model"))

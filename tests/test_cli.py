@@ -166,14 +166,14 @@ def test_bits_out_of_range_is_an_argparse_error(model_path, capsys):
 def test_broken_result_exits_1_and_is_removed(tmp_path, capsys, model_path, monkeypatch):
     import onnxcompress.api as c
 
-    real = c.rewrite_graph
+    real = c.assemble
 
     def broken(*a, **k):
         m, stored = real(*a, **k)
         m.graph.node[-1].op_type = "NoSuchOp"
         return m, stored
 
-    monkeypatch.setattr(c, "rewrite_graph", broken)
+    monkeypatch.setattr(c, "assemble", broken)
     out = tmp_path / "out.onnx"
     code, _, err = run_cli([model_path, "-o", out, "--min-elements", 64], capsys)
     assert code == 1 and "verification failed" in err and not out.exists()

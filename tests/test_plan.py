@@ -174,3 +174,16 @@ def test_float16_is_an_option_between_codebooks_and_float32():
     assert r.report.plan["measured"] <= 5e-4
     meta = {p.key: p.value for p in r.model.metadata_props}
     assert '"dtype":"float16"' in meta["onnxcompress.tensors"]
+
+
+def test_the_plan_takes_a_pair_where_the_weight_is_low_rank():
+    from models import low_rank_weight
+
+    model = low_rank_weight(noise=1e-5)
+    x = np.random.default_rng(6).normal(size=(30, 256)).astype(np.float32)
+    r = oc.compress(model, min_elements=64, max_error=0.01, calibration={"x": x})
+    w = {t.name: t for t in r.report.tensors}["W"]
+    assert w.encoding in ("lowrank", "lowrank+kmeans") and w.rank is not None and w.rank <= 8
+    assert r.report.plan["measured"] <= 0.01
+    ops = [n.op_type for n in r.model.graph.node]
+    assert ops.count("MatMul") == 3  # the pair and the second layer
