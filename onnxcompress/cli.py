@@ -21,7 +21,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import CompressError, TargetError, VerificationError
-from .options import SelectOptions, add_arguments, groups_from_args
+from .options import METRIC_NAMES, SelectOptions, add_arguments, groups_from_args
 from .report import make_console, render_outputs
 
 EPILOG = """other commands:
@@ -150,7 +150,7 @@ def _compare(argv: list[str]) -> int:
     p.add_argument("--inputs", type=Path, metavar="FILE.npz", help="inputs (name -> array, or NAME@K keys); default: synthesized")
     p.add_argument("--seed", type=int, default=0, help="seed for synthesized inputs")
     p.add_argument("--tolerance", type=float, metavar="E", help="exit 1 when the error (see --metric) is above E")
-    p.add_argument("--metric", choices=["rel-l2", "cosine", "max-abs", "top1"], default="rel-l2", help="(default: rel-l2)")
+    p.add_argument("--metric", choices=list(METRIC_NAMES), default="rel-l2", help="what --tolerance bounds (default: rel-l2)")
     args = p.parse_args(argv)
     diffs = compare_models(args.original, args.compressed, args.inputs, args.seed)
     error = error_of(diffs, args.metric) if args.tolerance is not None else None

@@ -146,7 +146,7 @@ class PlanOptions:
         "rel-l2",
         "rel-l2: worst relative L2 error of an output; cosine: 1 - lowest cosine similarity; max-abs: largest absolute "
         "error; top1: share of changed argmax on class-score outputs",
-        choices=["rel-l2", "cosine", "max-abs", "top1"],
+        choices=list(METRIC_NAMES),
     )
     target_size: float | None = _opt(None, "the least error that fits in this many megabytes (1e6 bytes)", metavar="MB")
     ratio: float | None = _opt(None, "the least error at this many times smaller", metavar="R")

@@ -354,7 +354,7 @@ def make_plan(
     tensors it keeps in float, and what the search did. Raises TargetError when no plan that
     compresses anything meets the target."""
     t0 = time.perf_counter()
-    low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements
+    low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements (Cast: any)
     sizes = {w.name: weight_bytes(w) for w in weights}
     pairs: dict[tuple[str, int | None, str], EncodedWeight] = {}
     with ThreadPoolExecutor(max(1, min(len(weights), os.cpu_count() or 1))) as pool:
@@ -370,7 +370,8 @@ def make_plan(
                 t.options = _lower_hull(t.options + pair_opts)
     if not low_bits:
         for t in tensors:
-            t.options = _lower_hull([o for o in t.options if o.bits in (None, 8) and o.granularity == "tensor"])
+            allowed = [o for o in t.options if (o.bits in (None, 8) and o.granularity == "tensor") or o.granularity == "float16"]
+            t.options = _lower_hull(allowed)
     try:
         probe: Probe | None = Probe(source, weights)
     except VerificationError:  # a model that cannot take its weights as inputs: build every candidate

@@ -11,9 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import CompressError, VerificationError, first_line
-
-
-METRICS = ("rel-l2", "cosine", "max-abs", "top1")
+from .options import METRIC_NAMES
 
 
 @dataclass
@@ -160,4 +158,4 @@ def error_of(diffs: list[OutputDiff], metric: str) -> float:
         if not scored:
             raise CompressError("--metric top1: no output looks like class scores (softmax rows or a name like *prob*, *logits*)")
         return 1.0 - min(scored)
-    raise CompressError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    raise CompressError(f"--metric must be one of {', '.join(METRIC_NAMES)}; got {metric!r}")
