@@ -156,10 +156,14 @@ def select_weights(model: onnx.ModelProto, options: SelectOptions) -> Selection:
             elif bad:
                 reason = f"used as a non-data input of {bad[0].op_type} (input {bad[0].input_index})"
         seen.add(name)
+        array = _to_array(tensor) if not reason else None
+        if array is not None and not np.all(np.isfinite(array)):
+            reason = "holds NaN or infinity (a mask or a sentinel): kept exact"
         if reason:
             skipped.append(Skipped(name, shape, reason))
             continue
-        weights.append(WeightSite(name, _to_array(tensor), tensor.data_type, location, consumers[name]))
+        assert array is not None
+        weights.append(WeightSite(name, array, tensor.data_type, location, consumers[name]))
     return Selection(weights, skipped)
 
 

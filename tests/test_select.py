@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from onnxcompress.options import SelectOptions
@@ -96,3 +97,21 @@ def test_consumers_include_subgraph_nodes():
     sel = select_weights(if_branch(), SelectOptions(min_elements=64))
     [w] = sel.weights
     assert w.name == "W" and all(c.in_subgraph for c in w.consumers) and len(w.consumers) == 2
+
+
+def test_weights_holding_nan_or_infinity_are_kept_exact():
+    """An attention mask with -inf (found by the conformance sweep): never clustered."""
+    import onnxcompress as oc
+
+    mask = np.zeros((16, 16), np.float32)
+    mask[np.triu_indices(16, 1)] = -np.inf
+    model = make_model(
+        [helper.make_node("Add", ["x", "M"], ["y"])],
+        [("x", F, [16, 16])],
+        [("y", F, [16, 16])],
+        [("M", mask)],
+    )
+    sel = select_weights(model, SelectOptions(min_elements=16))
+    assert not sel.weights and "NaN or infinity" in sel.skipped[0].reason
+    with pytest.raises(oc.CompressError, match="nothing to compress"):
+        oc.compress(model, min_elements=16)
