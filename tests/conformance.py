@@ -126,7 +126,9 @@ def decoded_reference(model: onnx.ModelProto, method: str, options: dict) -> onn
 
 def _close(g, w, rtol: float) -> bool:
     if isinstance(w, list) or isinstance(g, list):  # sequence outputs
-        return isinstance(g, list) and isinstance(w, list) and len(g) == len(w) and all(_close(a, b, rtol) for a, b in zip(g, w))
+        if not (isinstance(g, list) and isinstance(w, list) and len(g) == len(w)):
+            return False
+        return all(_close(a, b, rtol) for a, b in zip(g, w, strict=True))
     g, w = np.asarray(g), np.asarray(w)
     if g.shape != w.shape or g.dtype != w.dtype:
         return False
