@@ -57,6 +57,19 @@ def _check_is_model(model: onnx.ModelProto, what: str) -> None:
         raise CompressError(f"{what} parses as protobuf but holds no ONNX graph; is it really a model?")
     if not model.opset_import:
         raise CompressError(f"{what} declares no opset; re-export it with an opset import")
+    seen: set[str] = set()
+    for name in [t.name for t in model.graph.initializer] + [n.output[0] for n in model.graph.node if n.op_type == "Constant"]:
+        if name in seen:
+            raise CompressError(
+                f"{what} defines the tensor {name!r} twice (onnxruntime takes the last, other tools the first); "
+                "give each initializer its own name"
+            )
+        seen.add(name)
+    if len(model.training_info):
+        raise CompressError(
+            f"{what} holds a training graph (training_info), whose updates would write the compressed weights; "
+            "export the inference model and compress that"
+        )
 
 
 def _external_files(model: onnx.ModelProto) -> list[str]:

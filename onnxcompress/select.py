@@ -131,14 +131,12 @@ def select_weights(model: onnx.ModelProto, options: SelectOptions) -> Selection:
                 if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                     candidates.append((attr.t, node.output[0], "constant"))
 
-    weights, skipped, seen = [], [], set()
-    for tensor, name, location in candidates:
+    weights, skipped = [], []
+    for tensor, name, location in candidates:  # names are unique: load_model refuses duplicates
         shape = tuple(int(d) for d in tensor.dims)
         size = int(np.prod(shape)) if shape else 1
         reason = None
-        if name in seen:
-            reason = "duplicate tensor name"
-        elif tensor.data_type not in FLOAT_TYPES:
+        if tensor.data_type not in FLOAT_TYPES:
             continue  # integer and bool tensors are never candidates: not worth listing
         elif size < options.min_elements:
             continue  # biases, norms, scalars: below the threshold
@@ -155,7 +153,6 @@ def select_weights(model: onnx.ModelProto, options: SelectOptions) -> Selection:
                 reason = "read by no node"
             elif bad:
                 reason = f"used as a non-data input of {bad[0].op_type} (input {bad[0].input_index})"
-        seen.add(name)
         array = _to_array(tensor) if not reason else None
         if array is not None and not np.all(np.isfinite(array)):
             reason = "holds NaN or infinity (a mask or a sentinel): kept exact"
