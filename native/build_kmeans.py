@@ -5,9 +5,14 @@ build, not a call at run time. The result is the bindings module
 ``onnxcompress._kmeans_native``, which exposes only ``ffi`` and ``lib``.
 """
 
+import os
 import sys
 
 from cffi import FFI
+
+# ONNXCOMPRESS_SANITIZE=1: AddressSanitizer and UBSan, for .ci/sanitize (never in a release build)
+SANITIZE = os.environ.get("ONNXCOMPRESS_SANITIZE") == "1"
+SANITIZER_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
 
 ffibuilder = FFI()
 ffibuilder.cdef(
@@ -32,8 +37,9 @@ ffibuilder.set_source(
     '#include "kmeans1d.h"',
     sources=["native/kmeans1d.c"],
     include_dirs=["native"],
-    extra_compile_args=[] if sys.platform == "win32" else ["-std=c99", "-O3"],
+    extra_compile_args=[] if sys.platform == "win32" else ["-std=c99", "-O1" if SANITIZE else "-O3"] + (SANITIZER_FLAGS if SANITIZE else []),
+    extra_link_args=SANITIZER_FLAGS if SANITIZE else [],
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    print(ffibuilder.compile(tmpdir=sys.argv[1] if len(sys.argv) > 1 else ".", verbose=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -11,6 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import onnxcompress as oc
+
+# .ci/sanitize runs these property tests at scale against the ASan/UBSan build
+FUZZ = int(os.environ.get("ONNXCOMPRESS_FUZZ", "1"))
 
 
 def brute_force_curve(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
@@ -70,7 +74,7 @@ values_strategy = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150 * FUZZ, deadline=None)
 @given(x=values_strategy, k=st.integers(1, 12), budget=st.sampled_from([1 << 30, 0]))
 def test_matches_brute_force(x, k, budget):
     result = oc.kmeans1d(x, k, table_budget=budget)
@@ -78,7 +82,7 @@ def test_matches_brute_force(x, k, budget):
     check_nearest(x, result)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150 * FUZZ, deadline=None)
 @given(
     data=st.data(),
     n=st.integers(1, 24),
@@ -95,7 +99,7 @@ def test_weighted_matches_brute_force(data, n, k, budget):
     assert_optimal(x, w, k, result)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60 * FUZZ, deadline=None)
 @given(
     base=st.sampled_from([1e6, -1e6, 1e-30, 1e30, 3.0e38]),
     seed=st.integers(0, 2**32 - 1),
