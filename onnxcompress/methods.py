@@ -187,11 +187,12 @@ def encode_codebooks(
     options: CodebookOptions | dict[str, CodebookOptions],
     progress: bool = False,
     importance: dict[str, np.ndarray] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Codebook]:
     """Encode the tensors on all cores (the k-means core releases the GIL), largest first;
-    `options` for all, or per weight name."""
+    `options` for all, or per weight name; `workers` threads (default: one per core)."""
     order = sorted(weights, key=lambda w: -w.array.size)
-    workers = max(1, min(len(order), os.cpu_count() or 1))
+    workers = max(1, min(len(order), workers or os.cpu_count() or 1))
     results: dict[str, Codebook] = {}
     with _progress(progress) as bar, ThreadPoolExecutor(workers) as pool:
         task = bar.add_task("codebooks", total=len(order)) if bar else None
