@@ -54,8 +54,8 @@ def main(argv=None) -> int:
         weights = select_weights(onnx.load(str(path)), SelectOptions()).weights
         for bits in (8, 4):
             options = CodebookOptions(bits=bits)
-            one = best_of(lambda: encode_codebooks(weights, options, workers=1))
-            many = best_of(lambda: encode_codebooks(weights, options, workers=cores))
+            one = best_of(lambda w=weights, o=options: encode_codebooks(w, o, workers=1))
+            many = best_of(lambda w=weights, o=options: encode_codebooks(w, o, workers=cores))
             row = f"| {name} | {len(weights)} | {bits} | {one:.2f} s | {many:.2f} s | {one / many:.2f}x |"
             print(row, flush=True)
             lines.append(row)
