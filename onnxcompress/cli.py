@@ -62,7 +62,8 @@ def _compress_parser(prog: str = "onnxcompress", with_model: bool = True) -> arg
     p = argparse.ArgumentParser(
         prog=prog,
         description="Make an ONNX model much smaller: k-means codebooks with packed indices, decoded by "
-        "standard ONNX nodes that stock onnxruntime folds at load.",
+        "standard ONNX nodes that stock onnxruntime folds at load; low-rank pairs that also cut compute; "
+        "or a target (--max-error, --target-size, --ratio) that a planner meets per tensor.",
         epilog=EPILOG if with_model else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

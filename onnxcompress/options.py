@@ -58,8 +58,8 @@ class MethodOptions:
 
 @dataclass
 class LowRankOptions:
-    """How weights are factored (--method lowrank, lowrank+kmeans). At most one of --rank,
-    --rank-ratio and --energy; none means --energy 0.99."""
+    """How weights are factored (--method lowrank, lowrank+kmeans).
+    At most one of --rank, --rank-ratio and --energy; none means --energy 0.99."""
 
     rank: int | None = _opt(None, "the same rank R for every factored weight", metavar="R")
     rank_ratio: float | None = _opt(None, "rank as a fraction of each weight's full rank, in (0, 1]", metavar="F")
@@ -136,7 +136,7 @@ class CodebookOptions:
 
 @dataclass
 class PlanOptions:
-    """A target instead of fixed bits: per tensor bits and granularity chosen to meet it.
+    """A target instead of fixed bits: the planner chooses how to store each tensor.
     The error is measured in onnxruntime on --inputs (synthesized inputs if none)."""
 
     max_error: float | None = _opt(
