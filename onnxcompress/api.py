@@ -14,13 +14,12 @@ import onnx
 import onnx.version_converter
 
 from .decode import check_opset
-from .encode import sse_curve, storage_dtype
+from .calibrate import importances
+from .encode import codebook_size, sse_curve, storage_dtype
 from .errors import CompressError, VerificationError, first_line
 from .load import LoadedModel, load_model
-from .calibrate import importances
 from .lowrank import multiply_adds
-from .plan import Calibration, make_plan
-from .methods import EncodedWeight, encode_weights, weight_bytes
+from .methods import EncodedWeight, assemble, encode_weights, weight_bytes
 from .options import (
     CodebookOptions,
     LowRankOptions,
@@ -31,8 +30,8 @@ from .options import (
     VerifyOptions,
     groups_from_kwargs,
 )
+from .plan import Calibration, make_plan
 from .report import Report, TensorReport
-from .methods import assemble
 from .rewrite import default_opset, record
 from .save import check_output_path, save_model
 from .select import Selection, select_weights
@@ -130,7 +129,7 @@ def compress(
     planned: dict | None = None
     if plan_o.active():
         calib = Calibration(feeds, reference, _plan_metric(plan_o.metric, output_names))
-        encoded, skipped, planned = make_plan(
+        encoded, skipped, planned, built = make_plan(
             source, selection.weights, importance, plan_o, codebook_o, target_o, calib, loaded.file_bytes, progress
         )
     else:
@@ -139,7 +138,7 @@ def compress(
     if not encoded:
         hint = "try a lower --energy or --rank, or --method lowrank+kmeans" if method == "lowrank" else "try fewer --bits"
         raise CompressError(f"nothing to compress: no weight gets smaller with these settings; {hint}")
-    compressed, stored = assemble(source, encoded, target_o.ort_version())
+    compressed, stored = built if planned else assemble(source, encoded, target_o.ort_version())
     record(compressed, "plan" if planned else method, {e.site.name: _metadata(e, stored) for e in encoded})
 
     after = save_model(compressed, out_path) if out_path is not None else compressed.ByteSize()
@@ -339,6 +338,6 @@ def inspect(model: ModelSource, *, kmeans: str = "auto", **select_options: Any) 
             k = 1 << bits
             sse = curve[min(k, len(curve)) - 1]
             error = float(np.sqrt(max(sse, 0.0) / total)) if total else 0.0
-            by_bits[bits] = ((site.array.size * bits + 7) // 8 + k * entry, error)
+            by_bits[bits] = (codebook_size(site.array.size, bits, 1, k, entry), error)
         out.append(Candidate(site.name, list(site.array.shape), site.consumer_ops, weight_bytes(site), method, by_bits))
     return out, selection

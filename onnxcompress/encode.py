@@ -44,15 +44,10 @@ class Codebook:
     def k(self) -> int:
         return int(self.centroids.shape[1])
 
-    def index_bytes(self) -> int:
-        return (self.labels.size * self.bits + 7) // 8
-
-    def codebook_bytes(self) -> int:
-        return int(self.centroids.nbytes)
-
     def stored_bytes(self) -> int:
         """What the weight costs in the file: packed indices plus codebook."""
-        return self.index_bytes() + self.codebook_bytes()
+        groups, k = self.centroids.shape
+        return codebook_size(self.labels.size, self.bits, groups, k, self.centroids.itemsize)
 
     def decoded(self) -> np.ndarray:
         """The weight exactly as the decode nodes rebuild it, before the final cast."""
@@ -61,6 +56,19 @@ class Codebook:
             moved = tuple(np.moveaxis(np.empty(self.shape, dtype=np.bool_), self.axis, 0).shape)
             return np.moveaxis(vals.reshape(moved), 0, self.axis)
         return vals.reshape(-1)[: self.n_values].reshape(self.shape)
+
+
+def relative_error(array: np.ndarray, approx: np.ndarray) -> float:
+    """||W - approx|| / ||W|| (the absolute error when W is zero)."""
+    w = array.astype(np.float64)
+    norm = float(np.linalg.norm(w))
+    err = float(np.linalg.norm(approx.astype(np.float64).reshape(w.shape) - w))
+    return err / norm if norm > 0 else err
+
+
+def codebook_size(n_values: int, bits: int, n_codebooks: int, k: int, itemsize: int) -> int:
+    """Bytes in the file: n_values indices of `bits` bits, packed, plus the codebooks."""
+    return (n_values * bits + 7) // 8 + n_codebooks * k * itemsize
 
 
 def use_exact(array: np.ndarray, k: int, method: str) -> bool:
@@ -83,10 +91,7 @@ def encode_codebook(array: np.ndarray, options: CodebookOptions, axis: int = 0, 
     squared error (see calibrate.py). Also measures the relative weight error."""
     t0 = time.perf_counter()
     cb = _cluster(array, options, axis, importance)
-    w = array.astype(np.float64).reshape(-1)
-    norm = float(np.linalg.norm(w))
-    err = float(np.linalg.norm(cb.decoded().astype(np.float64).reshape(-1) - w))
-    cb.rel_error = err / norm if norm > 0 else err
+    cb.rel_error = relative_error(array, cb.decoded())
     cb.seconds = time.perf_counter() - t0
     return cb
 

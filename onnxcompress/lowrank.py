@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .encode import relative_error
 from .options import LowRankOptions
 from .select import WeightSite
 
@@ -175,13 +176,6 @@ def encode_lowrank(
     pair.rel_error = relative_error(array, pair.decoded())
     pair.seconds = time.perf_counter() - t0
     return pair
-
-
-def relative_error(array: np.ndarray, approx: np.ndarray) -> float:
-    w = array.astype(np.float64)
-    norm = float(np.linalg.norm(w))
-    err = float(np.linalg.norm(approx.astype(np.float64) - w))
-    return err / norm if norm > 0 else err
 
 
 def multiply_adds(pair_or_shape: LowRankPair | tuple[int, ...], kind: str, op: str) -> int:

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .encode import Codebook, encode_codebook
-from .lowrank import LowRankPair, as_matrix, break_even_rank, encode_lowrank, factor_kind, relative_error
+from .encode import Codebook, encode_codebook, relative_error
+from .lowrank import LowRankPair, as_matrix, break_even_rank, encode_lowrank, factor_kind, truncated_svd
 from .options import CodebookOptions, LowRankOptions
 from .rewrite import default_opset, rewrite_casts, rewrite_graph
 from .rewrite_lowrank import factor_sites, rewrite_pairs
@@ -33,6 +33,10 @@ class EncodedWeight:
     rel_error: float = float("nan")
     seconds: float = 0.0
     note: str = ""  # why a weight took another encoding than --method asked for
+
+    @classmethod
+    def of_codebook(cls, site: WeightSite, cb: Codebook) -> EncodedWeight:
+        return cls(site, codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds)
 
     @property
     def encoding(self) -> str:
@@ -113,7 +117,7 @@ def encode_weights(
         for site in weights:
             kind, why = kinds[site.name]
             cb = codebooks.get(site.name)
-            as_codebook = EncodedWeight(site, codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds) if cb else None
+            as_codebook = EncodedWeight.of_codebook(site, cb) if cb else None
             best = as_codebook
             if method != "codebook" and kind is None:
                 why = why or "low rank: no pair can replace it"
@@ -168,12 +172,14 @@ def _smallest_within(
     codebook's, or the quantized pair (truncated to half the error budget in energy) if its
     measured error is within the budget: whichever is smallest."""
     budget = cb.rel_error
-    candidates = [EncodedWeight(site, codebook=cb, rel_error=budget, seconds=cb.seconds)]
+    candidates = [EncodedWeight.of_codebook(site, cb)]
     if budget > 0:
         rows, cols = as_matrix(site.array, kind).shape
+        # both energy targets truncate one spectrum (--svd auto and full take LAPACK for them)
+        svd = None if lowrank_o.svd == "randomized" else truncated_svd(as_matrix(site.array, kind), None, 1.0, "full")[:3]
         for share, quantized in ((1.0, False), (math.sqrt(0.5), True)):
             options = replace(lowrank_o, rank=None, rank_ratio=None, energy=1.0 - (share * budget) ** 2)
-            pair = encode_lowrank(site.array, kind, options)
+            pair = encode_lowrank(site.array, kind, options, u_s_vt=svd)
             if pair.rank > break_even_rank(rows, cols):
                 continue
             got = _as_pair(site, pair, codebook_o if quantized else None)

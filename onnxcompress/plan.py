@@ -26,15 +26,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
-from .encode import Codebook, encode_codebook, sse_curve, storage_dtype
+from .encode import Codebook, codebook_size, encode_codebook, relative_error, sse_curve, storage_dtype
 from .errors import TargetError, VerificationError
-from .lowrank import relative_error
 from .kmeans import kmeans1d_batched
 from .lowrank import as_matrix, break_even_rank, encode_lowrank, factor_kind, rank_for_energy, truncated_svd
 from .methods import EncodedWeight, assemble, encode_codebooks, weight_bytes
-from .rewrite_lowrank import factor_sites
 from .options import CodebookOptions, LowRankOptions, PlanOptions, TargetOptions
 from .rewrite import default_opset
+from .rewrite_lowrank import factor_sites
 from .select import Skipped, WeightSite
 from .verify import compare, error_of, run, session
 
@@ -122,7 +121,7 @@ def tensor_options(
     for bits in range(1, 9):
         k = 1 << bits
         sse = float(curve[min(k, len(curve)) - 1])
-        options.append(Option(bits, "tensor", (a.size * bits + 7) // 8 + k * entry + DECODER_BYTES, max(sse, 0.0) / norm))
+        options.append(Option(bits, "tensor", codebook_size(a.size, bits, 1, k, entry) + DECODER_BYTES, max(sse, 0.0) / norm))
     if per_channel and a.ndim >= 2 and a.size <= CHANNEL_OPTION_LIMIT:
         axis = site.channel_axis() % a.ndim
         rows = np.ascontiguousarray(np.moveaxis(a, axis, 0)).reshape(a.shape[axis], -1)
@@ -137,7 +136,7 @@ def tensor_options(
             k = 1 << bits
             if k > rows.shape[1]:
                 break
-            size = (a.size * bits + 7) // 8 + rows.shape[0] * k * entry + DECODER_BYTES
+            size = codebook_size(a.size, bits, rows.shape[0], k, entry) + DECODER_BYTES
             options.append(Option(bits, "channel", size, max(float(by_k[k - 1]), 0.0) / norm))
     return TensorOptions(site, _lower_hull(options))
 
@@ -349,10 +348,11 @@ def make_plan(
     calib: Calibration,
     file_bytes: int,
     progress: bool = False,
-) -> tuple[list[EncodedWeight], list[Skipped], dict]:
+) -> tuple[list[EncodedWeight], list[Skipped], dict, tuple[onnx.ModelProto, dict[str, str]]]:
     """Plan, build and (for an error target) measure; returns the chosen plan's encodings, the
-    tensors it keeps in float, and what the search did. Raises TargetError when no plan that
-    compresses anything meets the target."""
+    tensors it keeps in float, what the search did, and the built model with its index storage
+    (as methods.assemble gives them). Raises TargetError when no plan that compresses anything
+    meets the target."""
     t0 = time.perf_counter()
     low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements (Cast: any)
     sizes = {w.name: weight_bytes(w) for w in weights}
@@ -381,8 +381,7 @@ def make_plan(
     if probe is not None:  # the probes' 8-bit codebooks are plan options too: encode them once, on all cores
         eight = encode_codebooks(weights, replace(codebook_o, bits=8, granularity="tensor"), progress, importance)
         for w in weights:
-            cb = eight[w.name]
-            cache[(w.name, 8, "tensor")] = EncodedWeight(w, codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds)
+            cache[(w.name, 8, "tensor")] = EncodedWeight.of_codebook(w, eight[w.name])
         gains = output_gains(probe, weights, importance, eight, calib)
     for t in tensors:
         g = gains.get(t.site.name, 1.0)
@@ -405,12 +404,15 @@ def make_plan(
             per = {w.name: replace(codebook_o, bits=o.bits or 8, granularity=o.granularity) for w, o in todo}
             done = encode_codebooks([w for w, _ in todo], per, progress, importance)
             for w, o in todo:
-                cb = done[w.name]
-                cache[(w.name, o.bits, o.granularity)] = EncodedWeight(w, codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds)
+                cache[(w.name, o.bits, o.granularity)] = EncodedWeight.of_codebook(w, done[w.name])
         return [cache[(w.name, o.bits, o.granularity)] for w, o in chosen]
 
+    last: list = [None, None]  # (choices, (model, stored)) of the latest build: the result is built once
+
     def build(plan: Plan) -> onnx.ModelProto:
-        return assemble(source, encodings(plan), target_o.ort_version())[0]
+        if last[0] != plan.choices:
+            last[:] = [plan.choices, assemble(source, encodings(plan), target_o.ort_version())]
+        return last[1][0]
 
     def measure_built(model: onnx.ModelProto) -> float:
         return calib.error(calib.reference, run(session(model, "a planned model"), calib.feeds, "a planned model"))
@@ -469,4 +471,5 @@ def make_plan(
         "estimated_bytes": best.bytes + other_bytes,
         "seconds": time.perf_counter() - t0,
     }
-    return encoded, kept, info
+    build(best)
+    return encoded, kept, info, last[1]
