@@ -301,10 +301,9 @@ def compare_models(
     results = []
     for sess, what in zip(sessions, ("the original model", "the compressed model"), strict=True):
         try:
-            outs = [sess.run(names, feed) for feed in feeds]
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises several types
-            raise CompressError(f"{what} cannot run on these inputs: {first_line(e, 200)}; check --inputs") from None
-        results.append(outs)
+            results.append(run(sess, feeds, what, names))
+        except VerificationError as e:
+            raise CompressError(f"{e}; check --inputs") from None
     return compare(names, results[0], results[1])
 
 

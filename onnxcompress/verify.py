@@ -97,9 +97,12 @@ def synthesize_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarr
     return feed
 
 
-def run(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], what: str) -> list[list[np.ndarray]]:
+def run(
+    sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], what: str, outputs: list[str] | None = None
+) -> list[list[np.ndarray]]:
+    """Every feed's outputs (all, or these in this order), or a one-line VerificationError."""
     try:
-        return [sess.run(None, feed) for feed in feeds]
+        return [sess.run(outputs, feed) for feed in feeds]
     except Exception as e:  # noqa: BLE001
         raise VerificationError(f"{what} failed to run in onnxruntime: {first_line(e, 200)}") from None
 
