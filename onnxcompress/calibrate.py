@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from .errors import VerificationError, first_line
 from .select import WeightSite
+from .verify import run, session
 
 UNSEEN_ROW_FLOOR = 0.1  # an embedding row never looked up weighs this much of the mean row
 
@@ -130,22 +129,15 @@ def _capture(
         probe.CopyFrom(model)
         existing = {o.name for o in probe.graph.output}
         probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in run_names if n not in existing)
-        try:
-            sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises several types
-            raise VerificationError(
-                f"onnxruntime cannot load the model with its activations exposed: {first_line(e, 200)}"
-            ) from None
+        sess = session(probe, "the model with its activations exposed")
     sums: dict[tuple[str, int | None], np.ndarray] = {}
     counts: dict[tuple[str, int | None], int] = defaultdict(int)
     for feed in feeds:
         values = {n: feed[n] for n in names if n in feed}
         values.update({n: onnx.numpy_helper.to_array(inits[n]) for n in names if n in inits and n not in feed})
         if sess is not None:
-            try:
-                values.update(zip(run_names, sess.run(run_names, feed), strict=True))
-            except Exception as e:  # noqa: BLE001
-                raise VerificationError(f"onnxruntime could not run the calibration inputs: {first_line(e, 200)}") from None
+            (outs,) = run(sess, [feed], "the model on the calibration inputs", run_names)
+            values.update(zip(run_names, outs, strict=True))
         for key in wanted:
             name, axis = key
             v = np.asarray(values[name])
