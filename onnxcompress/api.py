@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,12 @@ from .options import (
     groups_from_kwargs,
 )
 from .plan import Calibration, make_plan
+from .progress import Progress
 from .report import Report, TensorReport
 from .rewrite import default_opset, record
 from .save import check_output_path, save_model
 from .select import Selection, select_weights
-from .verify import OutputDiff, compare, error_of, load_feeds, run, session, synthesize_feed
+from .verify import Comparison, OutputDiff, compare, error_of, load_feeds, run, session, synthesize_feed
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 
@@ -44,6 +45,9 @@ ModelSource = str | os.PathLike | onnx.ModelProto
 class CompressResult:
     model: onnx.ModelProto
     report: Report
+    # each codebook's levels by weight name (a factor's under its own name): [groups, k], one
+    # row per tensor, channel or group; small enough to keep, and what a histogram marks
+    centroids: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def compress(
@@ -52,7 +56,7 @@ def compress(
     *,
     force: bool = False,
     report_json: str | os.PathLike | None = None,
-    progress: bool = False,
+    progress: Progress = False,
     calibration: str | os.PathLike | dict | list[dict] | None = None,
     **options: Any,
 ) -> CompressResult:
@@ -68,6 +72,9 @@ def compress(
     each a list (one per feed) of {output name: array}. `calibration`: inputs as an .npz path,
     one feed {name: array} or a list of feeds (like `inputs`); they drive the sensitivity
     weighting, the planner's measurements and the verification.
+
+    `progress`: True for a bar on stderr, or a callable(stage, done, total) called after each
+    tensor of a stage ("codebooks", "low rank") and around the "verify" stage.
 
     With `output`, the result is written atomically (never over the input; an existing file
     only with force=True). Raises CompressError for bad input, VerificationError when
@@ -162,6 +169,8 @@ def compress(
         file_bytes_after=after,
     )
     if verify_o.verify:
+        if callable(progress):
+            progress("verify", 0, 1)
         try:
             sess = session(out_path if out_path is not None else compressed, "the compressed model")
             report.outputs = compare(output_names, reference, run(sess, feeds, "the compressed model"))
@@ -171,10 +180,22 @@ def compress(
                 raise VerificationError(f"{e} (the output was removed; please report this with the model)") from None
             raise
         report.verified = True
+        if callable(progress):
+            progress("verify", 1, 1)
     report.seconds = time.perf_counter() - t0
     if report_json is not None:
         report.write_json(Path(report_json))
-    return CompressResult(compressed, report)
+    return CompressResult(compressed, report, _centroids(encoded))
+
+
+def _centroids(encoded: list[EncodedWeight]) -> dict[str, np.ndarray]:
+    out = {}
+    for e in encoded:
+        if e.codebook is not None:
+            out[e.site.name] = e.codebook.centroids
+        for factor, cb in e.factors or []:
+            out[factor.name] = cb.centroids
+    return out
 
 
 def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
@@ -287,6 +308,16 @@ def compare_models(
     """Run both models in onnxruntime on the same inputs (an .npz path, one feed, a list of
     feeds, or synthesized from the original's input types) and compare every output: max abs
     error, relative L2 error, cosine similarity, and top-1 agreement for class scores."""
+    return run_models(original, compressed, inputs, seed).diffs
+
+
+def run_models(
+    original: ModelSource,
+    compressed: ModelSource,
+    inputs: str | os.PathLike | dict | list[dict] | None = None,
+    seed: int = 0,
+) -> Comparison:
+    """As compare_models, keeping both models' outputs (for plots) beside the differences."""
     first, second = load_model(original), load_model(compressed)
     sessions = []
     for loaded, what in ((first, "the original model"), (second, "the compressed model")):
@@ -304,7 +335,7 @@ def compare_models(
             results.append(run(sess, feeds, what, names))
         except VerificationError as e:
             raise CompressError(f"{e}; check --inputs") from None
-    return compare(names, results[0], results[1])
+    return Comparison(names, results[0], results[1], compare(names, results[0], results[1]))
 
 
 # -- inspect ------------------------------------------------------------------------------------

@@ -102,6 +102,8 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance:
     if options.granularity == "tensor" or array.ndim == 0:
         flat = array.reshape(-1)
         w = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32).reshape(-1)
+        if w is not None and not w.any():
+            w = None  # no value matters on the calibration inputs: plain k-means
         exact = use_exact(array, k, options.kmeans)
         if exact:
             r = kmeans1d(flat, k, w)
@@ -125,6 +127,7 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance:
         row_weights = None
         if importance is not None:
             row_weights = np.ascontiguousarray(np.moveaxis(importance, axis, 0), dtype=np.float32).reshape(rows.shape)
+            _weigh_unweighted_rows(row_weights, np.ones(rows.shape, dtype=bool))
         per_channel = kmeans1d_batched(rows, min(k, rows.shape[1]), row_weights)
         return Codebook(
             tuple(array.shape),
@@ -145,6 +148,8 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance:
     padded[: flat.size] = flat
     weights = np.zeros(padded.size, dtype=np.float32)
     weights[: flat.size] = 1.0 if importance is None else importance.reshape(-1)  # padding weighs nothing
+    real = (np.arange(padded.size) < flat.size).reshape(groups, group_size)
+    _weigh_unweighted_rows(weights.reshape(groups, group_size), real)
     per_group = kmeans1d_batched(padded.reshape(groups, group_size), min(k, group_size), weights.reshape(groups, group_size))
     return Codebook(
         tuple(array.shape),
@@ -157,6 +162,14 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance:
         "exact",
         0.0,
     )
+
+
+def _weigh_unweighted_rows(weights: np.ndarray, real: np.ndarray) -> None:
+    """A group whose values all have zero importance (inputs that are always zero on the
+    calibration data, say) is clustered plainly: its real values get weight one, in place."""
+    empty = ~weights.any(axis=1)
+    if empty.any():
+        weights[empty] = real[empty]
 
 
 def binned_kmeans(

@@ -6,16 +6,15 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .encode import Codebook, encode_codebook, relative_error
 from .lowrank import LowRankPair, as_matrix, break_even_rank, encode_lowrank, factor_kind, truncated_svd
 from .options import CodebookOptions, LowRankOptions
+from .progress import Progress, progress_bar
 from .rewrite import default_opset, rewrite_casts, rewrite_graph
 from .rewrite_lowrank import factor_sites, rewrite_pairs
 from .select import Skipped, WeightSite
@@ -100,7 +99,7 @@ def encode_weights(
     method: str,
     codebook_o: CodebookOptions,
     lowrank_o: LowRankOptions,
-    progress: bool = False,
+    progress: Progress = False,
     importance: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[EncodedWeight], list[Skipped]]:
     """Every weight that gets smaller, and the others with the reason they were left alone.
@@ -111,7 +110,7 @@ def encode_weights(
     codebooks = encode_codebooks(weights, codebook_o, progress, importance) if method != "lowrank" else {}
     out: list[EncodedWeight] = []
     skipped: list[Skipped] = []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         n_factored = sum(1 for kind, _ in kinds.values() if kind)
         task = bar.add_task("low rank", total=n_factored) if bar and n_factored and method != "codebook" else None
         for site in weights:
@@ -191,7 +190,7 @@ def _smallest_within(
 def encode_codebooks(
     weights: list[WeightSite],
     options: CodebookOptions | dict[str, CodebookOptions],
-    progress: bool = False,
+    progress: Progress = False,
     importance: dict[str, np.ndarray] | None = None,
     workers: int | None = None,
 ) -> dict[str, Codebook]:
@@ -200,7 +199,7 @@ def encode_codebooks(
     order = sorted(weights, key=lambda w: -w.array.size)
     workers = max(1, min(len(order), workers or os.cpu_count() or 1))
     results: dict[str, Codebook] = {}
-    with _progress(progress) as bar, ThreadPoolExecutor(workers) as pool:
+    with progress_bar(progress) as bar, ThreadPoolExecutor(workers) as pool:
         task = bar.add_task("codebooks", total=len(order)) if bar else None
         per = options if isinstance(options, dict) else {w.name: options for w in order}
         imp = importance or {}
@@ -210,18 +209,3 @@ def encode_codebooks(
             if bar and task is not None:
                 bar.advance(task)
     return results
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return nullcontext()
-    from rich.console import Console
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} tensors"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )

@@ -32,6 +32,7 @@ from .kmeans import kmeans1d_batched
 from .lowrank import as_matrix, break_even_rank, encode_lowrank, factor_kind, rank_for_energy, truncated_svd
 from .methods import EncodedWeight, assemble, encode_codebooks, weight_bytes
 from .options import CodebookOptions, LowRankOptions, PlanOptions, TargetOptions
+from .progress import Progress
 from .rewrite import default_opset
 from .rewrite_lowrank import factor_sites
 from .select import Skipped, WeightSite
@@ -347,7 +348,7 @@ def make_plan(
     target_o: TargetOptions,
     calib: Calibration,
     file_bytes: int,
-    progress: bool = False,
+    progress: Progress = False,
 ) -> tuple[list[EncodedWeight], list[Skipped], dict, tuple[onnx.ModelProto, dict[str, str]]]:
     """Plan, build and (for an error target) measure; returns the chosen plan's encodings, the
     tensors it keeps in float, what the search did, and the built model with its index storage

@@ -67,23 +67,30 @@ class Report:
     def write_json(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
-    def render(self, console: Console | None = None) -> None:
-        console = console or make_console()
-        t = Table(title=f"Compressed tensors ({len(self.tensors)})", title_justify="left")
+    def tensor_rows(self) -> tuple[list[str], list[list[str]]]:
+        """The per-tensor table, largest first, as text cells: (header, rows). The terminal
+        table and the notebook widgets both show it."""
         factored = any(r.rank is not None for r in self.tensors)
-        columns = [("tensor", "left"), ("shape", "left"), ("used by", "left"), ("encoding", "right"), ("k-means", "left")]
-        columns += [("before", "right"), ("after", "right"), ("weight error", "right")]
-        if factored:
-            columns.append(("multiply-adds", "right"))
-        for col, just in columns:
-            t.add_column(col, justify="left" if just == "left" else "right", overflow="fold", no_wrap=col != "tensor")
+        header = ["tensor", "shape", "used by", "encoding", "k-means", "before", "after", "weight error"]
+        header += ["multiply-adds"] if factored else []
+        rows = []
         for r in sorted(self.tensors, key=lambda r: -r.bytes_before):
             row = [r.name, "x".join(map(str, r.shape)), ",".join(r.consumers), r.describe(), r.method or "-"]
             row += [human(r.bytes_before), human(r.bytes_after), f"{r.rel_error:.2e}"]
-            if factored:
-                row.append(_compute_change(r))
+            rows.append(row + ([_compute_change(r)] if factored else []))
+        return header, rows
+
+    def render(self, console: Console | None = None) -> None:
+        console = console or make_console()
+        t = Table(title=f"Compressed tensors ({len(self.tensors)})", title_justify="left")
+        header, rows = self.tensor_rows()
+        for col in header:
+            left = col in ("tensor", "shape", "used by", "k-means")
+            t.add_column(col, justify="left" if left else "right", overflow="fold", no_wrap=col != "tensor")
+        for row in rows:
             t.add_row(*row)
         console.print(t)
+        factored = any(r.rank is not None for r in self.tensors)
         notes = [r for r in self.tensors if r.note]
         for r in notes[:8]:
             console.print(f"codebook instead of a pair: {r.name}: {r.note.removesuffix('; codebook instead')}", highlight=False)

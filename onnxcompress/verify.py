@@ -26,6 +26,25 @@ class OutputDiff:
         return asdict(self)
 
 
+@dataclass
+class Comparison:
+    """Both models' outputs on the same feeds (per feed, per output, in `names` order) and
+    how they differ, output by output."""
+
+    names: list[str]
+    original: list[list[np.ndarray]]
+    compressed: list[list[np.ndarray]]
+    diffs: list[OutputDiff]
+
+    def output(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """One output over all feeds, flattened: (original, compressed) in float64."""
+        j = self.names.index(name)
+        return tuple(  # type: ignore[return-value]
+            np.concatenate([np.asarray(outs[j], dtype=np.float64).ravel() for outs in side])
+            for side in (self.original, self.compressed)
+        )
+
+
 def session(model: onnx.ModelProto | Path, what: str, quiet: bool = False) -> ort.InferenceSession:
     """An onnxruntime session with default options (`quiet`: errors only in its log), or a
     one-line error."""

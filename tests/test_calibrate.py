@@ -160,3 +160,20 @@ def test_calibration_does_not_need_float_outputs_everywhere():
     ids = np.random.default_rng(0).integers(0, 5, size=(10, 48))
     imp, _ = weights_of(model, [{"ids": ids}])
     assert imp["W"].shape == (48, 40) and np.isclose(imp["W"].mean(), 1.0)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group:40", "group:12"])
+def test_inputs_that_are_always_zero_leave_their_rows_plainly_clustered(granularity):
+    """Digits' corner pixels are zero in every image: their rows of W weigh nothing, so a group
+    made only of such rows once failed. Such groups are clustered unweighted."""
+    model = ALL["matmul"]()  # x [batch, 48] @ W [48, 40]
+    x = np.random.default_rng(0).normal(size=(64, 48)).astype(np.float32)
+    x[:, :6] = 0.0  # W's first 6 rows (240 values) never matter
+    result = oc.compress(model, min_elements=64, bits=3, granularity=granularity, calibration={"x": x})
+    assert result.report.settings["sensitivity_weighted"] and result.report.tensors[0].rel_error < 0.3
+    if granularity == "tensor":  # every input zero: nothing to weigh by, plain k-means
+        zero = {"x": np.zeros_like(x)}
+        plain = oc.compress(model, min_elements=64, bits=3, calibration=zero, verify=False)
+        assert plain.report.tensors[0].rel_error == pytest.approx(
+            oc.compress(model, min_elements=64, bits=3).report.tensors[0].rel_error
+        )
