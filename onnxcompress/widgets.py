@@ -125,24 +125,26 @@ class CompressionExplorer(w.VBox):
         self.comparison: Comparison | None = None
         self.figures: dict[str, Any] = {}  # the matplotlib Figures behind the charts
 
-        narrow = w.Layout(width="300px")
-        self.method = w.Dropdown(options=list(METHODS), value="codebook", description="method", layout=narrow)
-        self.bits = w.IntSlider(value=8, min=1, max=8, description="bits", layout=narrow)
+        def narrow() -> w.Layout:  # one Layout per control: hiding one must not hide the others
+            return w.Layout(width="300px")
+
+        self.method = w.Dropdown(options=list(METHODS), value="codebook", description="method", layout=narrow())
+        self.bits = w.IntSlider(value=8, min=1, max=8, description="bits", layout=narrow())
         self.granularity = w.Dropdown(
-            options=["tensor", "channel", "group"], value="tensor", description="granularity", layout=narrow
+            options=["tensor", "channel", "group"], value="tensor", description="granularity", layout=narrow()
         )
-        self.group_size = w.BoundedIntText(value=64, min=2, max=1 << 24, description="group size", layout=narrow)
+        self.group_size = w.BoundedIntText(value=64, min=2, max=1 << 24, description="group size", layout=narrow())
         self.rank_by = w.ToggleButtons(options=["energy", "rank"], value="energy", description="rank by")
         self.rank_by.style.button_width = "70px"
         self.energy = w.FloatSlider(
-            value=0.99, min=0.5, max=1.0, step=0.001, readout_format=".3f", description="energy", layout=narrow
+            value=0.99, min=0.5, max=1.0, step=0.001, readout_format=".3f", description="energy", layout=narrow()
         )
-        self.rank = w.BoundedIntText(value=32, min=1, max=1 << 20, description="rank", layout=narrow)
+        self.rank = w.BoundedIntText(value=32, min=1, max=1 << 20, description="rank", layout=narrow())
         self.use_target = w.Checkbox(
-            value=False, description="plan for a max error (the planner picks each tensor's storage)", indent=False
+            value=False, description="plan for a max error", tooltip="the planner picks each tensor's storage", indent=False
         )
-        self.max_error = w.BoundedFloatText(value=0.01, min=0.0, max=1e9, step=0.001, description="max error", layout=narrow)
-        self.metric = w.Dropdown(options=list(METRIC_NAMES), value="rel-l2", description="metric", layout=narrow)
+        self.max_error = w.BoundedFloatText(value=0.01, min=0.0, max=1e9, step=0.001, description="max error", layout=narrow())
+        self.metric = w.Dropdown(options=list(METRIC_NAMES), value="rel-l2", description="metric", layout=narrow())
         self.compress_button = w.Button(description="Compress", button_style="primary", icon="compress")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="300px"))
         self.status = w.HTML(_message("Choose settings and press Compress."))
@@ -242,7 +244,7 @@ class CompressionExplorer(w.VBox):
         finally:
             self.compress_button.disabled = False
         self.result = result
-        self.progress.value, self.progress.bar_style = self.progress.max, "success"
+        self.progress.value, self.progress.bar_style, self.progress.description = self.progress.max, "success", ""
         self.status.value = _message(f"done in {time.perf_counter() - started:.1f} s", "ok")
         self._show(result.report)
         self.save_button.disabled = False

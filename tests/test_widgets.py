@@ -64,6 +64,8 @@ def test_compress_button_shows_summary_tables_and_charts(explorer, digits):
 
 def test_controls_set_the_options_and_the_table_follows(explorer):
     assert explorer.rank.disabled and explorer.energy.disabled  # codebooks have no rank
+    shown = [c for c in (explorer.method, explorer.bits, explorer.granularity, explorer.energy) if c.layout.display != "none"]
+    assert len(shown) == 4 and explorer.group_size.layout.display == explorer.rank.layout.display == "none"
     explorer.bits.value, explorer.granularity.value, explorer.group_size.value = 3, "group", 32
     assert explorer.options() == {"method": "codebook", "bits": 3, "granularity": "group:32"}
     explorer.compress_button.click()
