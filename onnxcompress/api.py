@@ -17,7 +17,7 @@ from .decode import check_opset
 from .calibrate import importances
 from .encode import codebook_size, sse_curve, storage_dtype
 from .errors import CompressError, VerificationError, first_line
-from .load import LoadedModel, load_model
+from .load import LoadedModel, load_model, read_external
 from .lowrank import multiply_adds
 from .methods import EncodedWeight, assemble, encode_weights, weight_bytes
 from .options import (
@@ -92,7 +92,12 @@ def compress(
     if plan_o.active() and method != "codebook":
         raise CompressError("--max-error, --target-size and --ratio plan codebooks per tensor; drop --method")
 
-    loaded = load_model(model)
+    real_inputs = calibration is not None or verify_o.inputs is not None
+    # Codebooks at fixed bits stream a model's external data: each weight is mapped from its
+    # file while it is encoded, never all at once. Every other step reads the whole model.
+    streams = method == "codebook" and not plan_o.active() and target_o.opset is None
+    streams = streams and not (plan_o.sensitivity and real_inputs)
+    loaded = load_model(model, defer_external=streams)
     out_path = Path(output) if output is not None else None
     if out_path is not None:
         check_output_path(out_path, loaded.path, force)
@@ -108,7 +113,6 @@ def compress(
 
     # onnxruntime must run the original (and, to verify, on these inputs) before any work
     reference_sess = _original_session(loaded, source, target_o.opset is not None)
-    real_inputs = calibration is not None or verify_o.inputs is not None
     feeds, reference = [], []
     if verify_o.verify or plan_o.active():
         if calibration is not None:
@@ -123,7 +127,8 @@ def compress(
     output_names = [o.name for o in reference_sess.get_outputs()]
     del reference_sess
 
-    selection = select_weights(source, select_o)
+    selection = select_weights(source, select_o, loaded.data_dir)
+    read_external(loaded, keep={w.name for w in selection.weights})  # the small rest, kept as they are
     if not selection.weights:
         raise CompressError(
             f"nothing to compress: no float weight with at least {select_o.min_elements} values"
@@ -142,6 +147,7 @@ def compress(
     else:
         encoded, skipped = encode_weights(selection.weights, method, codebook_o, lowrank_o, progress, importance)
     selection.skipped += skipped
+    read_external(loaded, keep={e.site.name for e in encoded})  # those no smaller as codebooks stay as they were
     if not encoded:
         hint = "try a lower --energy or --rank, or --method lowrank+kmeans" if method == "lowrank" else "try fewer --bits"
         raise CompressError(f"nothing to compress: no weight gets smaller with these settings; {hint}")
@@ -356,8 +362,8 @@ def inspect(model: ModelSource, *, kmeans: str = "auto", **select_options: Any) 
     (one k-means run per tensor yields the whole curve). Writes nothing."""
     select_o = SelectOptions(**select_options)
     select_o.validate()
-    loaded = load_model(model)
-    selection = select_weights(loaded.model, select_o)
+    loaded = load_model(model, defer_external=True)  # one weight at a time, as compress streams them
+    selection = select_weights(loaded.model, select_o, loaded.data_dir)
     out = []
     for site in selection.weights:
         curve, method = sse_curve(site.array, 256, kmeans)

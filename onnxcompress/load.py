@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 
 from .errors import CompressError, first_line
@@ -17,9 +19,15 @@ class LoadedModel:
     model: onnx.ModelProto
     path: Path | None  # None when given a ModelProto
     file_bytes: int  # model file plus external data files, or the serialized size
+    # where the data of tensors still kept in external files lies (load_model(defer=True));
+    # None once every tensor holds its own data
+    data_dir: Path | None = None
 
 
-def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
+def load_model(source: str | os.PathLike | onnx.ModelProto, defer_external: bool = False) -> LoadedModel:
+    """The model, checked. Weights in external data files are read into the protos, unless
+    `defer_external`: then they stay in their files (checked to be complete) until
+    read_external() or a WeightSite reads them, so a model larger than RAM can stream."""
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)  # never modify the caller's model
@@ -44,12 +52,59 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
         if not data.is_file():
             raise CompressError(f"{path} keeps weights in {name}, which is missing next to it; copy it beside the model")
         size += data.stat().st_size
+    loaded = LoadedModel(model, path, size, path.parent if external else None)
     if external:
+        _check_external_extents(model, path)
+        if not defer_external:
+            read_external(loaded)
+    return loaded
+
+
+def read_external(loaded: LoadedModel, keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Read the external data of every tensor but those named in `keep` into its proto."""
+    if loaded.data_dir is None:
+        return
+    left = False
+    for t in _all_tensors(loaded.model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        if t.name in keep:
+            left = True
+            continue
         try:
-            onnx.load_external_data_for_model(model, str(path.parent))
-        except Exception as e:  # noqa: BLE001 - the external file is truncated or unreadable
-            raise CompressError(f"{path}: cannot read its external data ({_short(e)}); is the data file complete?") from None
-    return LoadedModel(model, path, size)
+            onnx.external_data_helper.load_external_data_for_tensor(t, str(loaded.data_dir))
+        except Exception as e:  # noqa: BLE001 - the external file is unreadable
+            raise CompressError(
+                f"{loaded.path}: cannot read its external data ({_short(e)}); is the data file complete?"
+            ) from None
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+    if not left:
+        loaded.data_dir = None
+
+
+def external_extent(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+    """(file name, offset, length or None) of a tensor kept in an external data file."""
+    info = {e.key: e.value for e in tensor.external_data}
+    length = info.get("length")
+    return info.get("location", ""), int(info.get("offset", 0)), None if length is None else int(length)
+
+
+def _check_external_extents(model: onnx.ModelProto, path: Path) -> None:
+    """Every external tensor lies inside its file: a truncated file is found before any work."""
+    sizes: dict[str, int] = {}
+    for t in _all_tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        name, offset, length = external_extent(t)
+        if name not in sizes:
+            sizes[name] = (path.parent / name).stat().st_size
+        need = length if length is not None else _packed_bytes(t)
+        if offset < 0 or offset + need > sizes[name]:
+            raise CompressError(
+                f"{path}: tensor {t.name!r} lies past the end of {name} ({offset + need} > {sizes[name]} bytes); "
+                "is the data file complete?"
+            )
 
 
 def _check_is_model(model: onnx.ModelProto, what: str) -> None:
@@ -80,6 +135,17 @@ def _external_files(model: onnx.ModelProto) -> list[str]:
                 if entry.key == "location":
                     names.add(entry.value)
     return sorted(names)
+
+
+def _packed_bytes(t: onnx.TensorProto) -> int:
+    n = int(np.prod(t.dims, dtype=np.int64))
+    bits = {onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT2: 2, onnx.TensorProto.INT2: 2}
+    bits[getattr(onnx.TensorProto, "FLOAT4E2M1", -1)] = 4
+    if t.data_type in bits:
+        return -(-n * bits[t.data_type] // 8)
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return 0
+    return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
 def _all_tensors(graph: onnx.GraphProto):

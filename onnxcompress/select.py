@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .load import external_extent
 from .options import SelectOptions
 
 FLOAT_TYPES = {
@@ -78,10 +81,17 @@ class WeightSite:
     """A float tensor of the model that will be compressed."""
 
     name: str
-    array: np.ndarray  # float32/float16/float64 values (bfloat16 is read as float32)
+    # float32/float16/float64 values (bfloat16 is read as float32), or, for a tensor left in
+    # its external data file, how to map them from there: nothing holds them between uses,
+    # so a model larger than RAM streams through tensor by tensor
+    values: np.ndarray | Callable[[], np.ndarray]
     onnx_dtype: int  # the tensor's own element type, restored by the decoder
     location: str  # "initializer" or "constant" (a Constant node's output)
     consumers: list[Consumer] = field(default_factory=list)
+
+    @property
+    def array(self) -> np.ndarray:
+        return self.values() if callable(self.values) else self.values
 
     @property
     def consumer_ops(self) -> list[str]:
@@ -117,7 +127,9 @@ class Selection:
     skipped: list[Skipped]
 
 
-def select_weights(model: onnx.ModelProto, options: SelectOptions) -> Selection:
+def select_weights(model: onnx.ModelProto, options: SelectOptions, data_dir: Path | None = None) -> Selection:
+    """The weights to compress and the tensors left alone, with the reason. `data_dir`: where
+    the external data files of tensors still kept there lie (see load_model(defer_external))."""
     graph = model.graph
     consumers = _consumers(graph)
     graph_inputs = {i.name for i in graph.input}
@@ -153,14 +165,16 @@ def select_weights(model: onnx.ModelProto, options: SelectOptions) -> Selection:
                 reason = "read by no node"
             elif bad:
                 reason = f"used as a non-data input of {bad[0].op_type} (input {bad[0].input_index})"
-        array = _to_array(tensor) if not reason else None
-        if array is not None and not np.all(np.isfinite(array)):
-            reason = "holds NaN or infinity (a mask or a sentinel): kept exact"
+        values: np.ndarray | Callable[[], np.ndarray] | None = None
+        if not reason:
+            values = _values(tensor, data_dir)
+            if not np.all(np.isfinite(values() if callable(values) else values)):
+                reason = "holds NaN or infinity (a mask or a sentinel): kept exact"
         if reason:
             skipped.append(Skipped(name, shape, reason))
             continue
-        assert array is not None
-        weights.append(WeightSite(name, array, tensor.data_type, location, consumers[name]))
+        assert values is not None
+        weights.append(WeightSite(name, values, tensor.data_type, location, consumers[name]))
     return Selection(weights, skipped)
 
 
@@ -185,6 +199,23 @@ def _consumers(graph: onnx.GraphProto, in_subgraph: bool = False, out=None) -> d
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 _consumers(sub, True, out)
     return out
+
+
+def _values(tensor: onnx.TensorProto, data_dir: Path | None) -> np.ndarray | Callable[[], np.ndarray]:
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return _to_array(tensor)
+    assert data_dir is not None, "external data must be read, or its folder given"
+    file, offset, _ = external_extent(tensor)
+    path, shape, onnx_type = data_dir / file, tuple(int(d) for d in tensor.dims), tensor.data_type
+
+    def read() -> np.ndarray:  # a read-only map: pages come in as the encoder reads them
+        stored = np.uint16 if onnx_type == onnx.TensorProto.BFLOAT16 else onnx.helper.tensor_dtype_to_np_dtype(onnx_type)
+        mapped = np.asarray(np.memmap(path, dtype=np.dtype(stored).newbyteorder("<"), mode="r", offset=offset, shape=shape))
+        if onnx_type == onnx.TensorProto.BFLOAT16:
+            return (mapped.astype(np.uint32) << 16).view(np.float32)
+        return mapped
+
+    return read
 
 
 def _to_array(tensor: onnx.TensorProto) -> np.ndarray:

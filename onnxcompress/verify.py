@@ -102,15 +102,16 @@ def synthesize_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarr
                 shape.append(1)
             else:
                 shape.append(64 if rank == 4 and dtype.kind == "f" and axis >= 2 else 16)
+        # np.asarray: a scalar input (shape []) must still be an array, which onnxruntime takes
         if dtype.kind == "f":
-            feed[inp.name] = rng.normal(size=shape).astype(dtype)
+            feed[inp.name] = np.asarray(rng.normal(size=shape), dtype=dtype)
         elif dtype.kind in "iu":
             if "mask" in inp.name.lower():
                 feed[inp.name] = np.ones(shape, dtype=dtype)
             else:
-                feed[inp.name] = rng.integers(0, table_rows.get(inp.name, 2), size=shape).astype(dtype)
+                feed[inp.name] = np.asarray(rng.integers(0, table_rows.get(inp.name, 2), size=shape), dtype=dtype)
         elif dtype.kind == "b":
-            feed[inp.name] = rng.random(shape) < 0.5
+            feed[inp.name] = np.asarray(rng.random(shape) < 0.5)
         else:
             raise CompressError(f"cannot synthesize input {inp.name!r} of type {dtype}; pass --inputs FILE.npz")
     return feed

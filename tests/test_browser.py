@@ -57,7 +57,8 @@ def lab(tmp_path_factory):
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)  # the run saves nothing into the checkout
     settings = root / "settings" / "@jupyterlab"
     for plugin, values in (
-        ("notebook-extension/tracker", '{"windowingMode": "none"}'),  # render every cell, in view or not
+        # render every cell, in view or not; start the notebook's kernel without asking
+        ("notebook-extension/tracker", '{"windowingMode": "none", "autoStartDefaultKernel": true}'),
         ("apputils-extension/notification", '{"fetchNews": "false", "checkForUpdates": false}'),
     ):
         (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
@@ -118,12 +119,20 @@ def test_quickstart_runs_in_jupyterlab_and_the_explorer_compresses(lab, tmp_path
 
 
 def _run_quickstart(page, base: str, token: str, tmp_path: Path) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
     page.set_default_timeout(90_000)
     expect.set_options(timeout=90_000)  # the kernel starts, then runs every cell
     page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")
     page.locator(".jp-Notebook").wait_for()
+    # when the kernel specs arrive after the notebook, JupyterLab may still ask which kernel
+    ask = page.locator(".jp-Dialog", has_text="Select Kernel")
+    try:
+        ask.wait_for(timeout=3_000)
+        ask.locator("button", has_text="Select").last.click()
+    except PlaywrightTimeout:
+        pass
     expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first).to_be_attached()
     page.locator(".lm-MenuBar-item", has_text="Run").first.click()
     page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()

@@ -83,6 +83,14 @@ def test_missing_external_data(tmp_path, capsys):
     assert_bad_input([p], capsys, tmp_path, "ext.data, which is missing", [p])
 
 
+def test_truncated_external_data(tmp_path, capsys):
+    p = tmp_path / "ext.onnx"
+    onnx.save_model(ALL["conv"](), str(p), save_as_external_data=True, location="ext.data", size_threshold=0)
+    data = tmp_path / "ext.data"
+    data.write_bytes(data.read_bytes()[:-100])
+    assert_bad_input([p, "--min-elements", 64], capsys, tmp_path, "lies past the end of ext.data", [p, data])
+
+
 def test_nothing_to_compress(tmp_path, capsys, model_path):
     assert_bad_input([model_path], capsys, tmp_path, "nothing to compress", [model_path])
 

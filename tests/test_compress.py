@@ -216,3 +216,12 @@ def test_a_tensor_that_would_grow_is_left_alone():
     assert all(t.bytes_after < t.bytes_before for t in rep.tensors)
     with pytest.raises(oc.CompressError, match="no weight gets smaller"):
         oc.compress(model, bits=8, granularity="channel", min_elements=64, include="^A$", verify=False)
+
+
+def test_scalar_inputs_are_synthesized_as_arrays():
+    """A model with a scalar bool input (an If's condition) verifies without --inputs: the
+    synthesized scalar is a 0-d array, which onnxruntime takes (a numpy bool it refused)."""
+    model = ALL["if_branch"]()
+    assert [len(i.type.tensor_type.shape.dim) for i in model.graph.input][0] == 0
+    result = oc.compress(model, min_elements=64)
+    assert result.report.verified and result.report.outputs[0].rel_l2 < 0.05

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
 import onnxcompress as oc
 import onnxcompress.save as save_module
+from onnxcompress.verify import synthesize_feed
 
 from models import ALL, feed_for, make_model
 
@@ -20,6 +22,29 @@ def test_model_with_external_data_compresses(tmp_path):
     rep = oc.compress(src, out, min_elements=64).report
     assert rep.file_bytes_before == src.stat().st_size + (tmp_path / "ext.data").stat().st_size
     assert rep.verified and out.exists()
+
+
+@pytest.mark.parametrize("name", ["conv", "lstm", "if_branch", "float16_float64"])
+def test_external_weights_stream_from_their_file(tmp_path, monkeypatch, name):
+    """Codebooks at fixed bits never read a compressed weight's external data into the model:
+    each weight is mapped from the file while it is encoded. The result is the same file as
+    from the model with its weights inline."""
+    model = ALL[name]()
+    src, inline = tmp_path / "ext.onnx", tmp_path / "inline.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="ext.data", size_threshold=0)
+    onnx.save_model(model, str(inline))
+    read = []
+    real = onnx.external_data_helper.load_external_data_for_tensor
+    monkeypatch.setattr(
+        onnx.external_data_helper, "load_external_data_for_tensor", lambda t, d: (read.append(t.name), real(t, d))
+    )
+    streamed = oc.compress(src, tmp_path / "a.onnx", min_elements=64, bits=4)
+    assert streamed.report.tensors and not {t.name for t in streamed.report.tensors} & set(read)  # only the rest was read
+    oc.compress(inline, tmp_path / "b.onnx", min_elements=64, bits=4)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    read.clear()
+    oc.compress(src, tmp_path / "c.onnx", min_elements=64, bits=4, calibration=synthesize_feed(model))  # reads it all
+    assert {t.name for t in streamed.report.tensors} <= set(read)
 
 
 def test_output_over_the_protobuf_limit_keeps_weights_in_a_data_file(tmp_path, monkeypatch):
