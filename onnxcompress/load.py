@@ -139,8 +139,8 @@ def _external_files(model: onnx.ModelProto) -> list[str]:
 
 def _packed_bytes(t: onnx.TensorProto) -> int:
     n = int(np.prod(t.dims, dtype=np.int64))
-    bits = {onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT2: 2, onnx.TensorProto.INT2: 2}
-    bits[getattr(onnx.TensorProto, "FLOAT4E2M1", -1)] = 4
+    bits: dict[int, int] = {onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT2: 2}
+    bits.update({onnx.TensorProto.INT2: 2, int(getattr(onnx.TensorProto, "FLOAT4E2M1", -1)): 4})
     if t.data_type in bits:
         return -(-n * bits[t.data_type] // 8)
     if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
