@@ -66,6 +66,20 @@ def relative_error(array: np.ndarray, approx: np.ndarray) -> float:
     return err / norm if norm > 0 else err
 
 
+def codebook_error(array: np.ndarray, cb: Codebook) -> float:
+    """relative_error(array, cb.decoded()), chunk by chunk for a per-tensor codebook (no
+    float64 copies of a large weight)."""
+    if cb.layout != "tensor":
+        return relative_error(array, cb.decoded())
+    flat, levels, labels = array.reshape(-1), cb.centroids[0], cb.labels[0]
+    err = norm = 0.0
+    for part in _chunks(flat.size):
+        w = flat[part].astype(np.float64)
+        d = levels[labels[part]].astype(np.float64) - w
+        err, norm = err + float(d @ d), norm + float(w @ w)
+    return float(np.sqrt(err / norm)) if norm > 0 else float(np.sqrt(err))
+
+
 def codebook_size(n_values: int, bits: int, n_codebooks: int, k: int, itemsize: int) -> int:
     """Bytes in the file: n_values indices of `bits` bits, packed, plus the codebooks."""
     return (n_values * bits + 7) // 8 + n_codebooks * k * itemsize
@@ -91,7 +105,7 @@ def encode_codebook(array: np.ndarray, options: CodebookOptions, axis: int = 0, 
     squared error (see calibrate.py). Also measures the relative weight error."""
     t0 = time.perf_counter()
     cb = _cluster(array, options, axis, importance)
-    cb.rel_error = relative_error(array, cb.decoded())
+    cb.rel_error = codebook_error(array, cb)
     cb.seconds = time.perf_counter() - t0
     return cb
 
@@ -178,19 +192,27 @@ def binned_kmeans(
     """Near-optimal k-means for a large all-distinct tensor: the exact DP over at most 65536
     fp16 bins (each at the exact weighted mean of its values, weighted by its total weight),
     then Lloyd rounds on the full data, which only lower the SSE. Returns (centroids, uint8
-    labels)."""
-    xd = x.astype(np.float64, copy=False).reshape(-1)
-    wd = None if weights is None else weights.astype(np.float64, copy=False).reshape(-1)
-    counts, means, _ = _fp16_bins(xd, wd)
+    labels). Works through the data CHUNK values at a time, so its memory beyond the labels
+    stays small whatever the tensor (a weight mapped from its file is never copied whole)."""
+    flat = x.reshape(-1)
+    w = None if weights is None else weights.reshape(-1)
+    counts, means, _ = _fp16_bins(flat, w)
     centroids = kmeans1d(means, k, counts).centroids
-    for _ in range(polish_rounds + 1):
-        labels = _nearest(xd, centroids)
-        if _ == polish_rounds:
-            break
-        cnt = np.bincount(labels, weights=wd, minlength=len(centroids))
-        tot = np.bincount(labels, weights=xd if wd is None else xd * wd, minlength=len(centroids))
-        centroids = np.where(cnt > 0, tot / np.maximum(cnt, 1), centroids)
-    return centroids, labels.astype(np.uint8)
+    labels = np.empty(flat.size, dtype=np.uint8)
+    for round_ in range(polish_rounds + 1):
+        bounds = (centroids[1:] + centroids[:-1]) / 2
+        cnt, tot = np.zeros(len(centroids)), np.zeros(len(centroids))
+        for part in _chunks(flat.size):
+            xd = flat[part].astype(np.float64)
+            nearest = np.searchsorted(bounds, xd)
+            labels[part] = nearest
+            if round_ < polish_rounds:
+                wd = None if w is None else w[part].astype(np.float64)
+                cnt += np.bincount(nearest, weights=wd, minlength=len(centroids))
+                tot += np.bincount(nearest, weights=xd if wd is None else xd * wd, minlength=len(centroids))
+        if round_ < polish_rounds:
+            centroids = np.where(cnt > 0, tot / np.maximum(cnt, 1), centroids)
+    return centroids, labels
 
 
 def sse_curve(array: np.ndarray, k: int, method: str = "auto", importance: np.ndarray | None = None) -> tuple[np.ndarray, str]:
@@ -202,22 +224,34 @@ def sse_curve(array: np.ndarray, k: int, method: str = "auto", importance: np.nd
     exact = use_exact(array, k, method)
     if exact:
         return kmeans1d(flat, k, w).sse_by_k, "exact"
-    xd = flat.astype(np.float64)
-    counts, means, within = _fp16_bins(xd, None if w is None else w.astype(np.float64))
+    counts, means, within = _fp16_bins(flat, w)
     return kmeans1d(means, k, counts).sse_by_k + within, "binned"
 
 
-def _fp16_bins(xd: np.ndarray, wd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+# The binned path's step: 1 Mi values (8 MB in float64) at a time.
+CHUNK = 1 << 20
+
+
+def _chunks(n: int):
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(n, start + CHUNK))
+
+
+def _fp16_bins(x: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Total weights and exact weighted means of the values in each non-empty fp16 bin (after
     a power-of-two scaling that keeps them in fp16 range), and the weighted SSE within bins."""
-    peak = float(np.abs(xd).max())
+    peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
     exponent = int(np.frexp(peak)[1]) if peak > 0 else 0
-    keys = np.ldexp(xd, 14 - exponent).astype(np.float16).view(np.uint16)
-    counts = np.bincount(keys, weights=wd, minlength=65536)
-    sums = np.bincount(keys, weights=xd if wd is None else xd * wd, minlength=65536)
+    counts, sums, second = np.zeros(65536), np.zeros(65536), 0.0
+    for part in _chunks(x.size):
+        xd = x[part].astype(np.float64)
+        wd = None if w is None else w[part].astype(np.float64)
+        keys = np.ldexp(xd, 14 - exponent).astype(np.float16).view(np.uint16)
+        counts += np.bincount(keys, weights=wd, minlength=65536)
+        sums += np.bincount(keys, weights=xd if wd is None else xd * wd, minlength=65536)
+        second += float(xd @ xd) if wd is None else float(wd @ (xd * xd))
     present = counts > 0
-    counts, means = counts[present].astype(np.float64), sums[present] / counts[present]
-    second = float(xd @ xd) if wd is None else float(wd @ (xd * xd))
+    counts, means = counts[present], sums[present] / counts[present]
     within = max(0.0, second - float(counts @ (means * means)))
     return counts, means, within
 

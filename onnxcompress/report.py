@@ -53,6 +53,7 @@ class Report:
     seconds: float = 0.0
     outputs: list[OutputDiff] = field(default_factory=list)
     verified: bool = False
+    verified_unfolded: bool = False  # verified with graph optimizations off (a model over 1 GB)
     plan: dict | None = None  # what the planner aimed at, measured and built (see plan.make_plan)
 
     @property
@@ -113,6 +114,12 @@ class Report:
                 s.add_row(item["name"], "x".join(map(str, item["shape"])), item["reason"])
             console.print(s)
         render_outputs(self.outputs, console)
+        if self.verified_unfolded:
+            console.print(
+                "verified with onnxruntime's graph optimizations off (a model over 1 GB: folding the decoders at load "
+                "would hold them all at once; the outputs come from the same ops)",
+                highlight=False,
+            )
         if self.plan:
             p = self.plan
             bits: dict[str, int] = {}

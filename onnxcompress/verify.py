@@ -45,13 +45,16 @@ class Comparison:
         )
 
 
-def session(model: onnx.ModelProto | Path, what: str, quiet: bool = False) -> ort.InferenceSession:
-    """An onnxruntime session with default options (`quiet`: errors only in its log), or a
-    one-line error."""
+def session(model: onnx.ModelProto | Path, what: str, quiet: bool = False, fold: bool = True) -> ort.InferenceSession:
+    """An onnxruntime session with default options (`quiet`: errors only in its log; `fold`
+    False: graph optimizations off, so decoders run at each call instead of being folded at
+    load), or a one-line error."""
     src = str(model) if isinstance(model, Path) else model.SerializeToString()
     options = ort.SessionOptions()
     if quiet:
         options.log_severity_level = 3
+    if not fold:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises several types

@@ -225,3 +225,33 @@ def test_scalar_inputs_are_synthesized_as_arrays():
     assert [len(i.type.tensor_type.shape.dim) for i in model.graph.input][0] == 0
     result = oc.compress(model, min_elements=64)
     assert result.report.verified and result.report.outputs[0].rel_l2 < 0.05
+
+
+def test_binned_path_works_in_chunks_with_the_same_result(monkeypatch):
+    """The binned k-means and the weight error go through a weight CHUNK values at a time (a
+    weight mapped from its file is never copied whole); the chunk size changes nothing."""
+    import onnxcompress.encode as encode
+    from onnxcompress.encode import codebook_error, relative_error
+
+    x = np.random.default_rng(3).standard_t(4, size=(300, 170)).astype(np.float32)
+    opts = CodebookOptions(bits=5, kmeans="binned")
+    whole = encode_codebook(x, opts)
+    monkeypatch.setattr(encode, "CHUNK", 997)
+    parts = encode_codebook(x, opts)
+    np.testing.assert_allclose(parts.centroids, whole.centroids, rtol=1e-12)
+    np.testing.assert_array_equal(parts.labels, whole.labels)
+    assert parts.rel_error == pytest.approx(whole.rel_error, rel=1e-12)
+    assert codebook_error(x, parts) == pytest.approx(relative_error(x, parts.decoded()), rel=1e-12)
+
+
+def test_large_models_are_verified_without_folding(monkeypatch):
+    """Past UNFOLDED_VERIFY_BYTES the compressed model is verified with graph optimizations
+    off: the same outputs, without the load-time folding that holds every decoded weight."""
+    import onnxcompress.api as api
+
+    model = ALL["conv"]()
+    folded = oc.compress(model, min_elements=64, bits=4).report
+    monkeypatch.setattr(api, "UNFOLDED_VERIFY_BYTES", 0)
+    unfolded = oc.compress(model, min_elements=64, bits=4).report
+    assert unfolded.verified and unfolded.verified_unfolded and not folded.verified_unfolded
+    assert unfolded.outputs[0].rel_l2 == pytest.approx(folded.outputs[0].rel_l2, rel=1e-5)
