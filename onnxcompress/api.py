@@ -181,7 +181,7 @@ def compress(
             progress("verify", 0, 1)
         # onnxruntime's constant folding keeps every decoded intermediate until its pass ends
         # (6.5 GiB at load for a 2.4 GB model of nine big weights); unfolded, the same ops
-        # decode one weight at a time as the model runs (1.2 GiB)
+        # decode one weight at a time as the model runs (1.2 GiB in onnxruntime)
         report.verified_unfolded = loaded.file_bytes > UNFOLDED_VERIFY_BYTES
         try:
             target = out_path if out_path is not None else compressed
