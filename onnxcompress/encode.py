@@ -254,7 +254,3 @@ def _fp16_bins(x: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, 
     counts, means = counts[present], sums[present] / counts[present]
     within = max(0.0, second - float(counts @ (means * means)))
     return counts, means, within
-
-
-def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    return np.searchsorted((centroids[1:] + centroids[:-1]) / 2, x)

@@ -39,10 +39,12 @@ class Comparison:
     def output(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """One output over all feeds, flattened: (original, compressed) in float64."""
         j = self.names.index(name)
-        return tuple(  # type: ignore[return-value]
-            np.concatenate([np.asarray(outs[j], dtype=np.float64).ravel() for outs in side])
-            for side in (self.original, self.compressed)
-        )
+        return _flat(self.original, j), _flat(self.compressed, j)
+
+
+def _flat(outputs: list[list[np.ndarray]], j: int) -> np.ndarray:
+    """Output j of every feed, flattened into one float64 vector."""
+    return np.concatenate([np.asarray(outs[j], dtype=np.float64).ravel() for outs in outputs])
 
 
 def session(model: onnx.ModelProto | Path, what: str, quiet: bool = False, fold: bool = True) -> ort.InferenceSession:
@@ -136,8 +138,7 @@ def compare(names: list[str], reference: list[list[np.ndarray]], candidate: list
     diffs = []
     for j, name in enumerate(names):
         top1 = _top1(name, [r[j] for r in reference], [c[j] for c in candidate])
-        a = np.concatenate([np.asarray(r[j], dtype=np.float64).ravel() for r in reference])
-        b = np.concatenate([np.asarray(c[j], dtype=np.float64).ravel() for c in candidate])
+        a, b = _flat(reference, j), _flat(candidate, j)
         if a.size == 0:
             diffs.append(OutputDiff(name, 0.0, 0.0, 1.0, top1))
             continue

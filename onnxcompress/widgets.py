@@ -117,7 +117,7 @@ class CompressionExplorer(w.VBox):
         self._calibration = _calibration_feeds(inputs) if inputs is not None else None
         self._feeds = self._calibration or [synthesize_feed(loaded.model)]
         self._fixed = options
-        sess = session(self._source if isinstance(self._source, onnx.ModelProto) else Path(self._source), "the model")
+        sess = session(loaded.path if loaded.path is not None else loaded.model, "the model")
         self._names = [o.name for o in sess.get_outputs()]
         self._reference = run(sess, self._feeds, "the model", self._names)
         self._arrays: dict[str, np.ndarray] | None = None  # the original weights, read on first use
