@@ -211,7 +211,8 @@ def binned_kmeans(
                 cnt += np.bincount(nearest, weights=wd, minlength=len(centroids))
                 tot += np.bincount(nearest, weights=xd if wd is None else xd * wd, minlength=len(centroids))
         if round_ < polish_rounds:
-            centroids = np.where(cnt > 0, tot / np.maximum(cnt, 1), centroids)
+            # cnt is a total weight, below 1 for a few light values: divide by it exactly
+            centroids = np.where(cnt > 0, tot / np.where(cnt > 0, cnt, 1.0), centroids)
     return centroids, labels
 
 

@@ -138,6 +138,22 @@ def test_binned_path_takes_weights_too():
     assert np.sum(weighted.centroids[0] > 0) > np.sum(plain.centroids[0] > 0)
 
 
+def test_binned_weighted_codebook_is_near_the_exact_optimum_with_light_weights():
+    """Clusters whose total weight is below 1 once got their centroid pulled towards zero
+    (the sum divided by max(weight, 1)): the weighted SSE was 22x the optimum on a MiniLM
+    projection. Weights here are small, as mean-normalized importances of rare inputs are."""
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(300, 300)).astype(np.float32)
+    imp = np.ones(w.shape, dtype=np.float32)
+    w[0, :60] = rng.uniform(6, 30, size=60) * rng.choice([-1, 1], size=60)  # sparse outliers on a quiet input
+    imp[0] = 0.05
+    exact = encode_codebook(w, CodebookOptions(bits=8, kmeans="exact"), 0, imp)
+    binned = encode_codebook(w, CodebookOptions(bits=8, kmeans="binned"), 0, imp)
+    sse = [float(np.sum(imp * (cb.decoded() - w) ** 2)) for cb in (exact, binned)]
+    assert binned.method == "binned"
+    assert sse[0] <= sse[1] <= sse[0] * 1.01
+
+
 def test_bad_calibration_inputs_are_a_clear_error():
     with pytest.raises(oc.CompressError, match="calibration must be"):
         oc.compress(ALL["matmul"](), min_elements=64, calibration=[])
