@@ -14,7 +14,7 @@ import onnx
 import onnx.version_converter
 
 from .decode import check_opset
-from .calibrate import importances
+from .calibrate import calibrate
 from .encode import codebook_size, sse_curve, storage_dtype
 from .errors import CompressError, VerificationError, first_line
 from .load import LoadedModel, load_model, read_external
@@ -67,7 +67,7 @@ def compress(
 
     Options (see `onnxcompress --help`): min_elements, include, exclude, method, bits,
     granularity, codebook_dtype, kmeans, rank, rank_ratio, energy, svd, max_error, metric,
-    target_size, ratio, sensitivity, target_ort, opset, verify, inputs, seed.
+    target_size, ratio, sensitivity, compensate, target_ort, opset, verify, inputs, seed.
 
     With max_error, target_size or ratio, a planner picks bits and granularity per tensor (see
     plan.py); `metric` may also be a callable(original_outputs, compressed_outputs) -> error,
@@ -98,7 +98,7 @@ def compress(
     # Codebooks at fixed bits stream a model's external data: each weight is mapped from its
     # file while it is encoded, never all at once. Every other step reads the whole model.
     streams = method == "codebook" and not plan_o.active() and target_o.opset is None
-    streams = streams and not (plan_o.sensitivity and real_inputs)
+    streams = streams and not ((plan_o.sensitivity or plan_o.compensate) and real_inputs)
     loaded = load_model(model, defer_external=streams)
     out_path = Path(output) if output is not None else None
     if out_path is not None:
@@ -116,7 +116,7 @@ def compress(
     # onnxruntime must run the original (and, to verify, on these inputs) before any work
     reference_sess = _original_session(loaded, source, target_o.opset is not None)
     feeds, reference = [], []
-    if verify_o.verify or plan_o.active():
+    if verify_o.verify or plan_o.active() or real_inputs:
         if calibration is not None:
             feeds = _calibration_feeds(calibration)
         else:
@@ -137,17 +137,19 @@ def compress(
             + (f" ({len(selection.skipped)} left alone, see inspect)" if selection.skipped else "")
             + "; lower --min-elements or check --include/--exclude"
         )
-    importance = {}
-    if plan_o.sensitivity and real_inputs and method != "lowrank":
-        importance = importances(source, selection.weights, feeds)
+    importance, covariance = {}, {}
+    if (plan_o.sensitivity or plan_o.compensate) and real_inputs and method != "lowrank":
+        measured = calibrate(source, selection.weights, feeds, covariances=plan_o.compensate and method == "codebook")
+        importance = measured.importance if plan_o.sensitivity else {}
+        covariance = measured.covariance
     planned: dict | None = None
     if plan_o.active():
         calib = Calibration(feeds, reference, _plan_metric(plan_o.metric, output_names))
         encoded, skipped, planned, built = make_plan(
-            source, selection.weights, importance, plan_o, codebook_o, target_o, calib, loaded.file_bytes, progress
+            source, selection.weights, importance, plan_o, codebook_o, target_o, calib, loaded.file_bytes, progress, covariance
         )
     else:
-        encoded, skipped = encode_weights(selection.weights, method, codebook_o, lowrank_o, progress, importance)
+        encoded, skipped = encode_weights(selection.weights, method, codebook_o, lowrank_o, progress, importance, covariance)
     selection.skipped += skipped
     read_external(loaded, keep={e.site.name for e in encoded})  # those no smaller as codebooks stay as they were
     if not encoded:
@@ -168,6 +170,7 @@ def compress(
             "target_ort": target_o.target_ort,
             "opset": opset,
             "sensitivity_weighted": bool(importance),
+            "compensated": sum(1 for e in encoded if e.codebook is not None and e.codebook.method.endswith("compensated")),
             **({"metric": plan_o.metric if isinstance(plan_o.metric, str) else "callable"} if planned else {}),
         },
         plan=planned,

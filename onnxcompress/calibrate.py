@@ -9,6 +9,10 @@ reduction index of Gemm's B. An embedding row weighs how often it is looked up (
 so rows the calibration data never reads still count a little). Any other consumer weighs
 every element the same. With these as k-means weights, the exact weighted DP minimizes the
 error that reaches the consumer's output, not the weight's own.
+
+The same pass measures, for weights read by MatMul, Gemm or a group-1 Conv, the whole input
+covariance E[x x^T] over the reduction index (for Conv, over the patches the filters see), not
+just its diagonal: error-compensated rounding (compensate.py) needs the cross terms.
 """
 
 from __future__ import annotations
@@ -20,44 +24,85 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from .compensate import Covariance
 from .select import WeightSite
 from .verify import run, session
 
 UNSEEN_ROW_FLOOR = 0.1  # an embedding row never looked up weighs this much of the mean row
+# Covariances over more input features than this are not taken (a d x d float64 matrix, and
+# d^2 work per output column when rounding): 4096 features is 128 MB.
+COVARIANCE_LIMIT = 4096
+# Patches of a Conv's input are gathered for this many output positions at a time.
+PATCH_CHUNK = 1 << 14
 
 
-def importances(model: onnx.ModelProto, weights: list[WeightSite], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per weight name, non-negative element weights in the weight's shape with mean 1 (so a
-    weight's sensitivity-weighted error stays comparable to its plain error)."""
+@dataclass
+class Sensitivity:
+    """What calibration measured, per weight name: element importances (mean 1) and, where
+    the consumers allow it, the input covariance for error-compensated rounding."""
+
+    importance: dict[str, np.ndarray]
+    covariance: dict[str, Covariance]
+
+
+def calibrate(
+    model: onnx.ModelProto, weights: list[WeightSite], feeds: list[dict[str, np.ndarray]], covariances: bool = True
+) -> Sensitivity:
+    """Importances of every weight and (with `covariances`) the covariances, in one run of the
+    model over the feeds."""
     wanted = {w.name: w for w in weights}
     rules: dict[str, list[_Rule | None]] = defaultdict(list)
     for node in model.graph.node:
         for i, name in enumerate(node.input):
             if name in wanted:
                 rules[name].append(_rule(node, i, wanted[name]) if node.domain in ("", "ai.onnx") else None)
-    stats = _capture(model, {(r.activation, r.axis) for rs in rules.values() for r in rs if r is not None}, feeds)
+    cov_rules = _covariance_rules(weights, rules) if covariances else {}
+    stats, covs, counts = _capture(
+        model,
+        {(r.activation, r.axis) for rs in rules.values() for r in rs if r is not None},
+        {_covariance_key(c) for cs in cov_rules.values() for c in cs},
+        feeds,
+    )
+    importance = {site.name: _importance(site, rules.get(site.name, []), stats) for site in weights}
+    covariance = {}
+    for name, cs in cov_rules.items():
+        parts = [p for c in cs if (p := covs.get(_covariance_key(c))) is not None and np.trace(p) > 0]
+        if len(parts) == len(cs) and len({p.shape for p in parts}) == 1:
+            # each consumer's statistics at the same scale, as their importances are
+            mean = np.mean([p / np.trace(p) * p.shape[0] for p in parts], axis=0)
+            samples = min(counts[_covariance_key(c)] for c in cs)
+            covariance[name] = Covariance(mean, cs[0].view or "rows", samples)
+    return Sensitivity(importance, covariance)
 
-    out: dict[str, np.ndarray] = {}
-    for site in weights:
-        parts = []
-        for rule in rules.get(site.name, []):
-            part = rule.finish(stats.get((rule.activation, rule.axis))) if rule is not None else None
-            parts.append(np.ones([1] * site.array.ndim) if part is None else part / part.mean())
-        if not parts or any(c.in_subgraph for c in site.consumers):
-            parts.append(np.ones([1] * site.array.ndim))  # a reader whose sensitivity is not modelled
-        total = sum(np.broadcast_to(p, site.array.shape).astype(np.float64) for p in parts) / len(parts)
-        out[site.name] = np.ascontiguousarray(np.broadcast_to(total, site.array.shape), dtype=np.float32)
-    return out
+
+def importances(model: onnx.ModelProto, weights: list[WeightSite], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per weight name, non-negative element weights in the weight's shape with mean 1 (so a
+    weight's sensitivity-weighted error stays comparable to its plain error)."""
+    return calibrate(model, weights, feeds, covariances=False).importance
+
+
+def _importance(site: WeightSite, rules: list[_Rule | None], stats: dict) -> np.ndarray:
+    parts = []
+    for rule in rules:
+        part = rule.finish(stats.get((rule.activation, rule.axis))) if rule is not None else None
+        parts.append(np.ones([1] * site.array.ndim) if part is None else part / part.mean())
+    if not parts or any(c.in_subgraph for c in site.consumers):
+        parts.append(np.ones([1] * site.array.ndim))  # a reader whose sensitivity is not modelled
+    total = sum(np.broadcast_to(p, site.array.shape).astype(np.float64) for p in parts) / len(parts)
+    return np.ascontiguousarray(np.broadcast_to(total, site.array.shape), dtype=np.float32)
 
 
 @dataclass
 class _Rule:
     """Which activation to measure (its mean square along `axis`, or with axis None the lookup
-    counts of integer ids) and how that vector becomes element weights."""
+    counts of integer ids) and how that vector becomes element weights; `view` and `patches`
+    say how its covariance pairs with the weight (see compensate.Covariance), when it can."""
 
     activation: str
     axis: int | None
     finish_vector: Callable[[np.ndarray], np.ndarray | None]
+    view: str | None = None
+    patches: tuple | None = None  # a Conv's (kernel, strides, dilations, pads, auto_pad)
 
     def finish(self, vector: np.ndarray | None) -> np.ndarray | None:
         if vector is None or not np.all(np.isfinite(vector)) or vector.sum() <= 0:
@@ -76,12 +121,12 @@ def _rule(node: onnx.NodeProto, index: int, site: WeightSite) -> _Rule | None:
 
     if op == "MatMul" and ndim == 2 and len(node.input) == 2:
         if index == 1:  # X @ W: row i of W meets feature i of X (X's last axis)
-            return _Rule(node.input[0], -1, along(0, shape[0]))
-        return _Rule(node.input[1], -2, along(1, shape[1]))  # W @ X: column k meets row k of X
+            return _Rule(node.input[0], -1, along(0, shape[0]), "rows")
+        return _Rule(node.input[1], -2, along(1, shape[1]), "cols")  # W @ X: column k meets row k of X
     if op == "Gemm" and index == 1 and ndim == 2:
         a_axis = 0 if attrs.get("transA", 0) else 1  # A' = A^T: the reduction index is A's axis 0
         w_axis = 1 if attrs.get("transB", 0) else 0
-        return _Rule(node.input[0], a_axis, along(w_axis, shape[w_axis]))
+        return _Rule(node.input[0], a_axis, along(w_axis, shape[w_axis]), "cols" if w_axis else "rows")
     if op == "Conv" and index == 1 and ndim >= 3:
         group = int(attrs.get("group", 1))
         cout, cin = shape[:2]
@@ -94,7 +139,18 @@ def _rule(node: onnx.NodeProto, index: int, site: WeightSite) -> _Rule | None:
             table = v.reshape(group, cin)[np.arange(cout) // (cout // group)]  # [Cout, Cin / group]
             return table.reshape(cout, cin, *([1] * (ndim - 2)))
 
-        return _Rule(node.input[0], 1, per_filter)
+        if group != 1:
+            return _Rule(node.input[0], 1, per_filter)
+        kernel = tuple(shape[2:])
+        spatial = len(kernel)
+        conv = (
+            kernel,
+            tuple(attrs.get("strides", [1] * spatial)),
+            tuple(attrs.get("dilations", [1] * spatial)),
+            tuple(attrs.get("pads", [0] * 2 * spatial)),
+            attrs.get("auto_pad", b"NOTSET"),
+        )
+        return _Rule(node.input[0], 1, per_filter, "filters", conv)
     if op == "ConvTranspose" and index == 1 and ndim >= 3:
         return _Rule(node.input[0], 1, along(0, shape[0]))
     if op == "Gather" and index == 0 and int(attrs.get("axis", 0)) in (0, -ndim) and len(node.input) > 1:
@@ -114,14 +170,39 @@ def _expand(vector: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return vector.reshape(shape)
 
 
+def _covariance_rules(weights: list[WeightSite], rules: dict[str, list[_Rule | None]]) -> dict[str, list[_Rule]]:
+    """The weights whose every consumer has a covariance, all with the weight laid out the
+    same way, over at most COVARIANCE_LIMIT features."""
+    out: dict[str, list[_Rule]] = {}
+    for site in weights:
+        rs = rules.get(site.name, [])
+        if not rs or any(r is None or r.view is None for r in rs) or any(c.in_subgraph for c in site.consumers):
+            continue
+        views = {r.view for r in rs if r is not None}
+        if len(views) != 1 or site.array.ndim < 2 or site.array.dtype.kind != "f":
+            continue
+        features = Covariance(np.zeros((0, 0)), views.pop() or "").as_rows(site.array).shape[0]
+        if features <= COVARIANCE_LIMIT:
+            out[site.name] = [r for r in rs if r is not None]
+    return out
+
+
+def _covariance_key(rule: _Rule) -> tuple:
+    return (rule.activation, rule.axis, rule.patches)
+
+
 def _capture(
-    model: onnx.ModelProto, wanted: set[tuple[str, int | None]], feeds: list[dict[str, np.ndarray]]
-) -> dict[tuple[str, int | None], np.ndarray]:
-    """Mean squares along the wanted axes (or id counts) of these tensors over all feeds: fed
-    inputs directly, initializers from the model, the rest as extra outputs of onnxruntime,
-    reduced feed by feed so only one feed's activations are held at a time."""
+    model: onnx.ModelProto,
+    wanted: set[tuple[str, int | None]],
+    wanted_cov: set[tuple],
+    feeds: list[dict[str, np.ndarray]],
+) -> tuple[dict[tuple[str, int | None], np.ndarray], dict[tuple, np.ndarray], dict[tuple, int]]:
+    """Mean squares along the wanted axes (or id counts) of these tensors over all feeds, and
+    the wanted covariances with the number of vectors behind each: fed inputs directly,
+    initializers from the model, the rest as extra outputs of onnxruntime, reduced feed by feed
+    so only one feed's activations are held at a time."""
     inits = {t.name: t for t in model.graph.initializer}
-    names = sorted({name for name, _ in wanted})
+    names = sorted({name for name, _ in wanted} | {key[0] for key in wanted_cov})
     run_names = [n for n in names if n not in inits and not all(n in feed for feed in feeds)]
     sess = None
     if run_names:
@@ -132,6 +213,8 @@ def _capture(
         sess = session(probe, "the model with its activations exposed")
     sums: dict[tuple[str, int | None], np.ndarray] = {}
     counts: dict[tuple[str, int | None], int] = defaultdict(int)
+    cov_sums: dict[tuple, np.ndarray] = {}
+    cov_counts: dict[tuple, int] = defaultdict(int)
     for feed in feeds:
         values = {n: feed[n] for n in names if n in feed}
         values.update({n: onnx.numpy_helper.to_array(inits[n]) for n in names if n in inits and n not in feed})
@@ -158,4 +241,70 @@ def _capture(
             else:
                 sums[key] = sums[key] + part if key in sums else part
             counts[key] += n
-    return {key: total / counts[key] for key, total in sums.items()}
+        for ckey in wanted_cov:
+            name, axis, patches = ckey
+            v = np.asarray(values[name])
+            if v.ndim == 0 or v.dtype.kind != "f":
+                continue
+            outer, n = _covariance_sum(v, axis, patches)
+            if outer is None or (ckey in cov_sums and cov_sums[ckey].shape != outer.shape):
+                cov_sums[ckey] = np.full((1, 1), np.nan)  # not one statistic over all feeds: none
+                continue
+            cov_sums[ckey] = cov_sums[ckey] + outer if ckey in cov_sums else outer
+            cov_counts[ckey] += n
+    means = {key: total / counts[key] for key, total in sums.items()}
+    covs = {key: total / cov_counts[key] for key, total in cov_sums.items() if cov_counts[key] and np.all(np.isfinite(total))}
+    return means, covs, dict(cov_counts)
+
+
+def _covariance_sum(v: np.ndarray, axis: int, patches: tuple | None) -> tuple[np.ndarray | None, int]:
+    """(sum of x x^T, number of x) over the vectors x of `v` along `axis`, or over the
+    patches a Conv with this geometry reads from `v` [N, C, *spatial]."""
+    if patches is None:
+        rows = np.moveaxis(v, axis % v.ndim, -1).reshape(-1, v.shape[axis])
+        total = np.zeros((rows.shape[1], rows.shape[1]))
+        for start in range(0, rows.shape[0], PATCH_CHUNK):
+            part = rows[start : start + PATCH_CHUNK].astype(np.float64)
+            total += part.T @ part
+        return total, rows.shape[0]
+    kernel, strides, dilations, pads, auto_pad = patches
+    spatial = len(kernel)
+    if v.ndim != spatial + 2:
+        return None, 0
+    begin, end = _conv_pads(v.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    padded = np.pad(v, [(0, 0), (0, 0), *zip(begin, end, strict=True)])
+    outs = [(padded.shape[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1 for i in range(spatial)]
+    if min(outs) <= 0:
+        return None, 0
+    d = v.shape[1] * int(np.prod(kernel))
+    total = np.zeros((d, d))
+    for item in padded:  # one batch item at a time: its patches are kernel-size times its input
+        taps = []
+        for offset in np.ndindex(*kernel):
+            index = tuple(
+                slice(offset[i] * dilations[i], offset[i] * dilations[i] + strides[i] * (outs[i] - 1) + 1, strides[i])
+                for i in range(spatial)
+            )
+            taps.append(item[(slice(None), *index)])
+        cols = np.stack(taps, axis=1).reshape(d, -1)  # [C * kernel taps, positions], as the filters flatten
+        for start in range(0, cols.shape[1], PATCH_CHUNK):
+            part = cols[:, start : start + PATCH_CHUNK].astype(np.float64)
+            total += part @ part.T
+    return total, padded.shape[0] * int(np.prod(outs))
+
+
+def _conv_pads(size, kernel, strides, dilations, pads, auto_pad) -> tuple[list[int], list[int]]:
+    spatial = len(kernel)
+    mode = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for i in range(spatial):
+            out = -(-size[i] // strides[i])
+            total = max(0, (out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - size[i])
+            small, large = total // 2, total - total // 2
+            begin.append(small if mode == "SAME_UPPER" else large)
+            end.append(large if mode == "SAME_UPPER" else small)
+        return begin, end
+    if mode == "VALID":
+        return [0] * spatial, [0] * spatial
+    return list(pads[:spatial]), list(pads[spatial:])

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 
+from .compensate import Covariance, compensate
 from .encode import Codebook, encode_codebook, relative_error
 from .lowrank import LowRankPair, as_matrix, break_even_rank, encode_lowrank, factor_kind, truncated_svd
 from .options import CodebookOptions, LowRankOptions
@@ -101,13 +103,17 @@ def encode_weights(
     lowrank_o: LowRankOptions,
     progress: Progress = False,
     importance: dict[str, np.ndarray] | None = None,
+    covariance: dict[str, Covariance] | None = None,
 ) -> tuple[list[EncodedWeight], list[Skipped]]:
     """Every weight that gets smaller, and the others with the reason they were left alone.
     Under lowrank+kmeans and auto, a weight no pair can replace (or whose pair would not be
     smaller than its codebook) becomes a codebook, with a note saying why. `importance` (per
-    weight name) weights the codebooks' k-means (see calibrate.py)."""
+    weight name) weights the codebooks' k-means (see calibrate.py); under method codebook, a
+    weight's `covariance` compensates its rounding (compensate.py)."""
     kinds = {site.name: factor_kind(site) for site in weights}
-    codebooks = encode_codebooks(weights, codebook_o, progress, importance) if method != "lowrank" else {}
+    # pairs are chosen against the codebook's weight error, which compensation raises on purpose
+    cov = covariance if method == "codebook" else None
+    codebooks = encode_codebooks(weights, codebook_o, progress, importance, covariance=cov) if method != "lowrank" else {}
     out: list[EncodedWeight] = []
     skipped: list[Skipped] = []
     with progress_bar(progress) as bar:
@@ -193,9 +199,11 @@ def encode_codebooks(
     progress: Progress = False,
     importance: dict[str, np.ndarray] | None = None,
     workers: int | None = None,
+    covariance: dict[str, Covariance] | None = None,
 ) -> dict[str, Codebook]:
     """Encode the tensors on all cores (the k-means core releases the GIL), largest first;
-    `options` for all, or per weight name; `workers` threads (default: one per core)."""
+    `options` for all, or per weight name; `workers` threads (default: one per core). A weight
+    with a `covariance` gets error-compensated labels (compensate.py)."""
     order = sorted(weights, key=lambda w: -w.array.size)
     workers = max(1, min(len(order), workers or os.cpu_count() or 1))
     results: dict[str, Codebook] = {}
@@ -203,9 +211,20 @@ def encode_codebooks(
         task = bar.add_task("codebooks", total=len(order)) if bar else None
         per = options if isinstance(options, dict) else {w.name: options for w in order}
         imp = importance or {}
-        futures = [pool.submit(encode_codebook, w.array, per[w.name], w.channel_axis(), imp.get(w.name)) for w in order]
+        cov = covariance or {}
+        futures = [pool.submit(_encode_one, w, per[w.name], imp.get(w.name), cov.get(w.name)) for w in order]
         for w, f in zip(order, futures, strict=True):
             results[w.name] = f.result()
             if bar and task is not None:
                 bar.advance(task)
     return results
+
+
+def _encode_one(site: WeightSite, options: CodebookOptions, importance: np.ndarray | None, cov: Covariance | None) -> Codebook:
+    t0 = time.perf_counter()
+    cb = encode_codebook(site.array, options, site.channel_axis(), importance)
+    if cov is not None:
+        cb = compensate(site.array, cb, cov)
+        cb.method += ", compensated"
+        cb.seconds = time.perf_counter() - t0
+    return cb

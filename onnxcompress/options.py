@@ -151,6 +151,11 @@ class PlanOptions:
     target_size: float | None = _opt(None, "the least error that fits in this many megabytes (1e6 bytes)", metavar="MB")
     ratio: float | None = _opt(None, "the least error at this many times smaller", metavar="R")
     sensitivity: bool = _opt(True, "weight k-means by how much each value matters on the --inputs (--no-sensitivity: plain)")
+    compensate: bool = _opt(
+        True,
+        "with --inputs, round the values of MatMul, Gemm and Conv weights so their errors cancel on the real inputs "
+        "(GPTQ-style; --no-compensate: each value to its nearest level)",
+    )
 
     def validate(self) -> None:
         given = [

@@ -1,0 +1,173 @@
+"""Error-compensated rounding: give a codebook's values new labels so that their rounding
+errors cancel on the consumer's real inputs (the GPTQ / optimal-brain-quantization update,
+here with a k-means codebook's levels in place of a uniform grid).
+
+For Y = X @ W with the input covariance H = E[x x^T], rounding W to levels Q costs
+tr((Q - W)^T H (Q - W)) at the output. Rounding row by row, in order, and after each row
+moving the not-yet-rounded rows by the least-squares correction for its error (through the
+Cholesky factor of H^-1) leaves the output error far below nearest rounding's when the inputs
+are correlated: 4-9x lower on MiniLM's projections at every bit width. The levels stay those
+of the k-means, so the decoders and the file format do not change; only the weight error
+(which no longer is what the rounding minimizes) goes up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .encode import Codebook, codebook_error
+
+BLOCK = 128  # rows corrected together before the rest is updated by one matrix product
+DAMPING = 0.01  # of the mean diagonal, so the factorization exists when inputs are collinear
+
+
+@dataclass
+class Covariance:
+    """E[x x^T] of a weight's reduction index over the calibration inputs, and how the weight
+    lays out as a [reduction, outputs] matrix: "rows" (X @ W), "cols" (W @ X, Gemm with transB:
+    the transpose) or "filters" (Conv: [Cout, Cin * kernel] transposed)."""
+
+    matrix: np.ndarray  # [d, d] float64
+    view: str
+    samples: int = 0  # how many input vectors it was measured on (0: as if infinitely many)
+    _factor: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def factor(self) -> np.ndarray:
+        """The rounding's error-spreading factor (see _inverse_factor), computed once: every
+        bit width and layout the planner tries reuses it."""
+        if self._factor is None:
+            self._factor = _inverse_factor(self.matrix, self.shrinkage())
+        return self._factor
+
+    def shrinkage(self) -> float:
+        """How far the matrix is pulled towards its mean variance before use: DAMPING, or
+        d / (2 samples) when that is more. Measured on few vectors, a covariance is near
+        singular, and rounding would hide its errors in directions the calibration inputs
+        happen to miss but other inputs do not; with half as many vectors as features, nothing
+        is left to compensate (nearest rounding). On MiniLM, calibrated on half its sentences
+        and measured on the other half, shrinking by 0.1 kept 2-5x of the gain at d / n of 0.1
+        and 0.42, where 0.01 lost up to a third of it."""
+        d = self.matrix.shape[0]
+        return min(1.0, max(DAMPING, d / (2 * self.samples))) if self.samples > 0 else DAMPING
+
+    def as_rows(self, array: np.ndarray) -> np.ndarray:
+        """The weight as [d, n], row i multiplied by input feature i."""
+        if self.view == "rows":
+            return array.reshape(array.shape[0], -1)
+        if self.view == "cols":
+            return array.reshape(-1, array.shape[-1]).T
+        return array.reshape(array.shape[0], -1).T
+
+    def from_rows(self, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if self.view == "rows":
+            return rows.reshape(shape)
+        return rows.T.reshape(shape)
+
+
+def output_distortion(array: np.ndarray, approx: np.ndarray, cov: Covariance) -> float:
+    """tr(D^T H D) / tr(W^T H W) for D = approx - W: the share of the consumer's output
+    energy the approximation loses (on the calibration inputs' statistics)."""
+    w = cov.as_rows(array.astype(np.float64))
+    d = cov.as_rows(approx.astype(np.float64).reshape(array.shape)) - w
+    h = cov.matrix
+    norm = float(np.einsum("ij,ij->", w, h @ w))
+    return float(np.einsum("ij,ij->", d, h @ d)) / norm if norm > 0 else 0.0
+
+
+def compensate(array: np.ndarray, cb: Codebook, cov: Covariance) -> Codebook:
+    """`cb` with labels chosen by error-compensated rounding against `cov` (same levels)."""
+    levels = _Levels(cb.centroids.astype(np.float64))
+    w = cov.as_rows(array.astype(np.float64)).copy()
+    groups = cov.as_rows(_group_ids(cb))
+    d = w.shape[0]
+    if cov.matrix.shape != (d, d):
+        raise ValueError(f"covariance of shape {cov.matrix.shape} for a weight with {d} input features")
+    u = cov.factor()
+    labels = np.empty(w.shape, dtype=np.int64)
+    for start in range(0, d, BLOCK):
+        stop = min(start + BLOCK, d)
+        block = w[start:stop]  # a view: corrected in place
+        errors = np.empty_like(block)
+        for i in range(stop - start):
+            row = start + i
+            labels[row], rounded = levels.nearest(block[i], groups[row])
+            errors[i] = (block[i] - rounded) / u[row, row]
+            block[i + 1 :] -= np.outer(u[row, row + 1 : stop], errors[i])
+        w[stop:] -= u[start:stop, stop:].T @ errors
+    out = replace(cb, labels=_to_layout(cov.from_rows(labels, cb.shape), cb))
+    out.rel_error = codebook_error(array, out)
+    return out
+
+
+def _inverse_factor(h: np.ndarray, shrinkage: float = DAMPING) -> np.ndarray:
+    """The upper Cholesky factor U of H_s^-1 (U^T U = H_s^-1) for the shrunk
+    H_s = (1 - s) H + s mean(diag H) I: row i holds how row i's error spreads to the later
+    rows, scaled by 1 / U[i, i]. Inputs never seen (zero variance) get a unit diagonal: their
+    rows round to nearest and spread nothing."""
+    h = h.astype(np.float64).copy()
+    diag = np.diag(h).copy()
+    dead = diag <= 0
+    h[dead, :] = 0.0
+    h[:, dead] = 0.0
+    h[dead, dead] = 1.0
+    mean = float(np.mean(np.diag(h)))
+    h *= 1.0 - shrinkage
+    h[np.diag_indices_from(h)] += shrinkage * mean
+    # With J the reversal, J H J = M M^T gives H = N N^T for the upper N = J M J, so
+    # H^-1 = (N^-1)^T N^-1: U = N^-1 = J M^-1 J, one factorization and one inverse.
+    m = np.linalg.cholesky(h[::-1, ::-1])
+    return np.ascontiguousarray(np.linalg.inv(m)[::-1, ::-1])
+
+
+class _Levels:
+    """Nearest level per value, each value with its own group's levels: all groups' sorted
+    midpoints in one array, group g shifted by g * span so one searchsorted serves all."""
+
+    def __init__(self, centroids: np.ndarray) -> None:
+        self.order = np.argsort(centroids, axis=1, kind="stable")
+        self.sorted = np.take_along_axis(centroids, self.order, axis=1)
+        g, k = self.sorted.shape
+        self.k = k
+        self.low, self.high = self.sorted[:, 0], self.sorted[:, -1]
+        self.span = 2.0 * float(self.high.max() - self.low.min()) + 1.0
+        mids = (self.sorted[:, 1:] + self.sorted[:, :-1]) / 2 + (np.arange(g) * self.span)[:, None]
+        self.mids = mids.reshape(-1)
+
+    def nearest(self, values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels into each group's centroids, the levels) for these values."""
+        if self.k == 1:
+            return self.order[groups, 0], self.sorted[groups, 0]
+        if len(self.sorted) == 1:  # one codebook for the tensor: no shifts
+            rank = np.searchsorted(self.mids, values)
+            return self.order[0, rank], self.sorted[0, rank]
+        clipped = np.clip(values, self.low[groups], self.high[groups])
+        rank = np.searchsorted(self.mids, clipped + groups * self.span) - groups * (self.k - 1)
+        rank = np.clip(rank, 0, self.k - 1)
+        return self.order[groups, rank], self.sorted[groups, rank]
+
+
+def _group_ids(cb: Codebook) -> np.ndarray:
+    """Per value of the weight (in its shape), the row of `cb.centroids` it draws from."""
+    n = cb.n_values
+    if cb.layout == "tensor":
+        return np.zeros(cb.shape, dtype=np.int64)
+    if cb.layout == "channel":
+        shape = [1] * len(cb.shape)
+        shape[cb.axis] = cb.shape[cb.axis]
+        return np.broadcast_to(np.arange(cb.shape[cb.axis]).reshape(shape), cb.shape)
+    return (np.arange(n) // cb.group_size).reshape(cb.shape)
+
+
+def _to_layout(labels: np.ndarray, cb: Codebook) -> np.ndarray:
+    """Labels in the weight's shape back into `cb`'s grouped layout (Codebook.decoded's inverse)."""
+    dtype = cb.labels.dtype
+    if cb.layout == "tensor":
+        return labels.reshape(1, -1).astype(dtype)
+    if cb.layout == "channel":
+        moved = np.moveaxis(labels, cb.axis, 0)
+        return np.ascontiguousarray(moved.reshape(moved.shape[0], -1), dtype=dtype)
+    flat = cb.labels.reshape(-1).copy()  # keeps the padding's labels
+    flat[: cb.n_values] = labels.reshape(-1)
+    return flat.reshape(cb.labels.shape)
