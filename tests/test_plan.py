@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,7 @@ import onnxcompress as oc
 from onnxcompress.plan import Option, TensorOptions, _lower_hull, fit_size, ladder, tensor_options
 from onnxcompress.select import WeightSite
 
-from models import ALL, matmul_chain
+from models import ALL, F, make_model, matmul_chain
 
 
 def site(name: str, shape=(64, 32), seed=0) -> WeightSite:
@@ -208,3 +209,19 @@ def test_several_calibration_feeds_all_count():
         got = ort.InferenceSession(r.model.SerializeToString()).run(None, feed)[0]
         assert np.linalg.norm(got - y) / np.linalg.norm(y) <= 0.02 * 1.5  # per feed close; over all feeds within
     assert max(d.rel_l2 for d in r.report.outputs) <= 0.02
+
+
+def test_a_weight_only_added_is_never_planned_below_four_bits():
+    """A bias reaches the outputs value by value: the planner offers it 4 bits at least, even
+    when a loose target would take anything."""
+    rng = np.random.default_rng(14)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        [("x", F, ["batch", 64])],
+        [("y", F, ["batch", 4096])],
+        [("W", rng.normal(size=(64, 4096)).astype(np.float32)), ("b", rng.normal(size=4096).astype(np.float32) * 0.01)],
+    )
+    r = oc.compress(model, min_elements=64, max_error=0.5, calibration={"x": rng.normal(size=(8, 64)).astype(np.float32)})
+    bits = {t.name: t.bits for t in r.report.tensors}
+    assert bits["b"] is not None and bits["b"] >= 4
+    assert bits["W"] < 4  # the product's weight may go lower
