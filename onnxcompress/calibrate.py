@@ -32,7 +32,7 @@ UNSEEN_ROW_FLOOR = 0.1  # an embedding row never looked up weighs this much of t
 # Covariances over more input features than this are not taken (a d x d float64 matrix, and
 # d^2 work per output column when rounding): 4096 features is 128 MB.
 COVARIANCE_LIMIT = 4096
-# Patches of a Conv's input are gathered for this many output positions at a time.
+# Input vectors (or a Conv's patches, in whole output rows) are gathered this many at a time.
 PATCH_CHUNK = 1 << 14
 
 
@@ -278,18 +278,20 @@ def _covariance_sum(v: np.ndarray, axis: int, patches: tuple | None) -> tuple[np
         return None, 0
     d = v.shape[1] * int(np.prod(kernel))
     total = np.zeros((d, d))
-    for item in padded:  # one batch item at a time: its patches are kernel-size times its input
-        taps = []
-        for offset in np.ndindex(*kernel):
-            index = tuple(
-                slice(offset[i] * dilations[i], offset[i] * dilations[i] + strides[i] * (outs[i] - 1) + 1, strides[i])
-                for i in range(spatial)
-            )
-            taps.append(item[(slice(None), *index)])
-        cols = np.stack(taps, axis=1).reshape(d, -1)  # [C * kernel taps, positions], as the filters flatten
-        for start in range(0, cols.shape[1], PATCH_CHUNK):
-            part = cols[:, start : start + PATCH_CHUNK].astype(np.float64)
-            total += part @ part.T
+    # a few output rows of one batch item at a time: all patches at once would be the kernel's
+    # size times the activation (2.3 GB for 64 x 1024 x 1024 floats and a 3 x 3 kernel)
+    rows = max(1, PATCH_CHUNK // max(1, int(np.prod(outs[1:]))))
+    for item in padded:
+        for first in range(0, outs[0], rows):
+            count = min(rows, outs[0] - first)
+            taps = []
+            for offset in np.ndindex(*kernel):
+                start = [offset[i] * dilations[i] + (first * strides[0] if i == 0 else 0) for i in range(spatial)]
+                size = [count if i == 0 else outs[i] for i in range(spatial)]
+                index = tuple(slice(start[i], start[i] + strides[i] * (size[i] - 1) + 1, strides[i]) for i in range(spatial))
+                taps.append(item[(slice(None), *index)])
+            cols = np.stack(taps, axis=1).reshape(d, -1).astype(np.float64)  # [C * kernel taps, positions], as filters flatten
+            total += cols @ cols.T
     return total, padded.shape[0] * int(np.prod(outs))
 
 

@@ -258,3 +258,16 @@ def test_every_level_pairing_is_covered_by_the_oracle_helper():
     first = levels[labels[0, 0]]
     best = min(itertools.product([first], levels), key=lambda q: (e := np.array(q) - w[:, 0]) @ h @ e)
     assert levels[labels[1, 0]] == best[1]
+
+
+@pytest.mark.parametrize("name", [n for n in CONSUMERS if n.startswith("conv")])
+def test_patches_gathered_a_few_rows_at_a_time_give_the_same_covariance(name, monkeypatch):
+    import onnxcompress.calibrate as cal
+
+    build, make_feed = CONSUMERS[name]
+    model = build()
+    feed = {k: v.astype(np.float32) for k, v in make_feed(np.random.default_rng(15)).items()}
+    site = next(w for w in select_weights(model, SelectOptions(min_elements=64)).weights if w.name == "W")
+    whole = calibrate(model, [site], [feed]).covariance["W"].matrix
+    monkeypatch.setattr(cal, "PATCH_CHUNK", 7)  # fewer positions than one output row holds: one row a step
+    np.testing.assert_allclose(calibrate(model, [site], [feed]).covariance["W"].matrix, whole, rtol=1e-10)
