@@ -4,13 +4,14 @@ of its consumers.
 For Y = X @ W, an error E in W changes Y by X @ E, whose expected squared norm is
 sum_i E[x_i^2] * ||E_i||^2 (cross terms averaged out): so element (i, j) of W weighs E[x_i^2],
 the mean square of the input feature it multiplies. The same holds per input channel for Conv
-and ConvTranspose, per column of the other operand for a weight on MatMul's left, and per
-reduction index of Gemm's B. An embedding row weighs how often it is looked up (plus a floor,
+and ConvTranspose, per column of the other operand for a weight on MatMul's left, per
+reduction index of Gemm's B, and per input (or hidden) feature of a one-direction LSTM, GRU or
+RNN's W (or R). An embedding row weighs how often it is looked up (plus a floor,
 so rows the calibration data never reads still count a little). Any other consumer weighs
 every element the same. With these as k-means weights, the exact weighted DP minimizes the
 error that reaches the consumer's output, not the weight's own.
 
-The same pass measures, for weights read by MatMul, Gemm or a group-1 Conv, the whole input
+The same pass measures, for weights read by MatMul, Gemm, a group-1 Conv or a recurrent op, the whole input
 covariance E[x x^T] over the reduction index (for Conv, over the patches the filters see), not
 just its diagonal: error-compensated rounding (compensate.py) needs the cross terms.
 """
@@ -151,6 +152,15 @@ def _rule(node: onnx.NodeProto, index: int, site: WeightSite) -> _Rule | None:
             attrs.get("auto_pad", b"NOTSET"),
         )
         return _Rule(node.input[0], 1, per_filter, "filters", conv)
+    if op in ("LSTM", "GRU", "RNN") and index in (1, 2) and ndim == 3 and shape[0] == 1:
+        # one direction: the gates are x_t @ W^T and h_(t-1) @ R^T, so W's and R's last axis is the
+        # reduction; Y over all steps stands for the previous hidden states (off by the first
+        # and the last step). GRU's R meets r * h, not h, unless linear_before_reset.
+        if index == 1:
+            return _Rule(node.input[0], -1, along(2, shape[2]), "cols")
+        if not node.output or not node.output[0] or (op == "GRU" and not attrs.get("linear_before_reset", 0)):
+            return None
+        return _Rule(node.output[0], -1, along(2, shape[2]), "cols")
     if op == "ConvTranspose" and index == 1 and ndim >= 3:
         return _Rule(node.input[0], 1, along(0, shape[0]))
     if op == "Gather" and index == 0 and int(attrs.get("axis", 0)) in (0, -ndim) and len(node.input) > 1:

@@ -153,7 +153,7 @@ class PlanOptions:
     sensitivity: bool = _opt(True, "weight k-means by how much each value matters on the --inputs (--no-sensitivity: plain)")
     compensate: bool = _opt(
         True,
-        "with --inputs, round the values of MatMul, Gemm and Conv weights so their errors cancel on the real inputs "
+        "with --inputs, round the values of MatMul, Gemm, Conv and recurrent weights so their errors cancel on the real inputs "
         "(GPTQ-style; --no-compensate: each value to its nearest level)",
     )
 

@@ -85,8 +85,24 @@ def test_unmodelled_consumers_weigh_every_element_the_same():
     model = ALL["lstm"]()
     feeds = [{"x": np.random.default_rng(0).normal(size=(5, 2, 12)).astype(np.float32)}]
     imp, sites = weights_of(model, feeds)
-    for name, arr in imp.items():
-        assert arr.shape == sites[name].array.shape and np.allclose(arr, 1.0)
+    assert imp["B"].shape == sites["B"].array.shape and np.allclose(imp["B"], 1.0)  # a bias
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_recurrent_weights_weigh_their_input_and_hidden_features(op):
+    """W meets x_t feature by feature along its last axis; R meets h_(t-1), measured as the
+    Y output (LSTM; GRU's R meets r * h and stays uniform)."""
+    model = ALL[op]()
+    x = (np.random.default_rng(1).normal(size=(5, 2, 12)) * np.linspace(0.1, 3, 12)).astype(np.float32)
+    imp, _ = weights_of(model, [{"x": x}])
+    want = (x.astype(np.float64) ** 2).reshape(-1, 12).mean(axis=0)
+    np.testing.assert_allclose(imp["W"][0, 0], want / want.mean(), rtol=1e-5)
+    y = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    h = (y.astype(np.float64) ** 2).reshape(-1, 16).mean(axis=0)
+    if op == "lstm":
+        np.testing.assert_allclose(imp["R"][0, 3], h / h.mean(), rtol=1e-5)
+    else:
+        assert np.allclose(imp["R"], 1.0)
 
 
 def test_sensitivity_weighting_lowers_the_output_error():

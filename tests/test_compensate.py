@@ -271,3 +271,26 @@ def test_patches_gathered_a_few_rows_at_a_time_give_the_same_covariance(name, mo
     whole = calibrate(model, [site], [feed]).covariance["W"].matrix
     monkeypatch.setattr(cal, "PATCH_CHUNK", 7)  # fewer positions than one output row holds: one row a step
     np.testing.assert_allclose(calibrate(model, [site], [feed]).covariance["W"].matrix, whole, rtol=1e-10)
+
+
+def test_recurrent_weights_are_compensated_too():
+    """A one-direction LSTM's W (against x_t) and R (against the hidden states)."""
+    model = ALL["lstm"]()
+    rng = np.random.default_rng(16)
+    x = correlated(rng, 5 * 400, 12, rank=2).reshape(5, 400, 12).astype(np.float32)
+    lstm = replace_input_batch(model, 400)
+    plain = oc.compress(lstm, bits=2, min_elements=64, calibration={"x": x}, compensate=False)
+    better = oc.compress(lstm, bits=2, min_elements=64, calibration={"x": x})
+    methods = {t.name: t.method for t in better.report.tensors}
+    assert methods["W"].endswith("compensated") and methods["R"].endswith("compensated")
+    assert not methods.get("B", "").endswith("compensated")
+    assert better.report.outputs[0].rel_l2 < plain.report.outputs[0].rel_l2 / 1.5  # measured: 0.18 vs 0.36
+
+
+def replace_input_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.input[0].type.tensor_type.shape.dim[1].dim_value = batch  # x [seq, batch, input]
+    out.graph.output[0].type.tensor_type.shape.dim[2].dim_value = batch  # y [seq, 1, batch, hidden]
+    out.graph.output[1].type.tensor_type.shape.dim[1].dim_value = batch  # h [1, batch, hidden]
+    return out
