@@ -68,7 +68,9 @@ def calibrate(
     covariance = {}
     for name, cs in cov_rules.items():
         parts = [p for c in cs if (p := covs.get(_covariance_key(c))) is not None and np.trace(p) > 0]
-        if len(parts) == len(cs) and len({p.shape for p in parts}) == 1:
+        site = next(w for w in weights if w.name == name)
+        features = Covariance(np.zeros((0, 0)), cs[0].view or "rows").as_rows(site.array).shape[0]
+        if len(parts) == len(cs) and {p.shape for p in parts} == {(features, features)}:
             # each consumer's statistics at the same scale, as their importances are
             mean = np.mean([p / np.trace(p) * p.shape[0] for p in parts], axis=0)
             samples = min(counts[_covariance_key(c)] for c in cs)
@@ -290,15 +292,15 @@ def _covariance_sum(v: np.ndarray, axis: int, patches: tuple | None) -> tuple[np
     total = np.zeros((d, d))
     # a few output rows of one batch item at a time: all patches at once would be the kernel's
     # size times the activation (2.3 GB for 64 x 1024 x 1024 floats and a 3 x 3 kernel)
-    rows = max(1, PATCH_CHUNK // max(1, int(np.prod(outs[1:]))))
+    per_step = max(1, PATCH_CHUNK // max(1, int(np.prod(outs[1:]))))
     for item in padded:
-        for first in range(0, outs[0], rows):
-            count = min(rows, outs[0] - first)
+        for first in range(0, outs[0], per_step):
+            count = min(per_step, outs[0] - first)
             taps = []
             for offset in np.ndindex(*kernel):
-                start = [offset[i] * dilations[i] + (first * strides[0] if i == 0 else 0) for i in range(spatial)]
-                size = [count if i == 0 else outs[i] for i in range(spatial)]
-                index = tuple(slice(start[i], start[i] + strides[i] * (size[i] - 1) + 1, strides[i]) for i in range(spatial))
+                lo = [offset[i] * dilations[i] + (first * strides[0] if i == 0 else 0) for i in range(spatial)]
+                n_out = [count if i == 0 else outs[i] for i in range(spatial)]
+                index = tuple(slice(lo[i], lo[i] + strides[i] * (n_out[i] - 1) + 1, strides[i]) for i in range(spatial))
                 taps.append(item[(slice(None), *index)])
             cols = np.stack(taps, axis=1).reshape(d, -1).astype(np.float64)  # [C * kernel taps, positions], as filters flatten
             total += cols @ cols.T
