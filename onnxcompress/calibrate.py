@@ -11,9 +11,10 @@ so rows the calibration data never reads still count a little). Any other consum
 every element the same. With these as k-means weights, the exact weighted DP minimizes the
 error that reaches the consumer's output, not the weight's own.
 
-The same pass measures, for weights read by MatMul, Gemm, a group-1 Conv or a recurrent op, the whole input
-covariance E[x x^T] over the reduction index (for Conv, over the patches the filters see), not
-just its diagonal: error-compensated rounding (compensate.py) needs the cross terms.
+The same pass measures, for weights read by MatMul, Gemm, a group-1 Conv or a recurrent op,
+the whole input covariance E[x x^T] over the reduction index (for Conv, over the patches the
+filters see), not just its diagonal: error-compensated rounding (compensate.py) needs the
+cross terms.
 """
 
 from __future__ import annotations
