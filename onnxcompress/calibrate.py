@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .compensate import Covariance
+from .compensate import Covariance, as_rows
 from .select import WeightSite
 from .verify import run, session
 
@@ -69,13 +69,13 @@ def calibrate(
     covariance = {}
     for name, cs in cov_rules.items():
         parts = [p for c in cs if (p := covs.get(_covariance_key(c))) is not None and np.trace(p) > 0]
-        site = next(w for w in weights if w.name == name)
-        features = Covariance(np.zeros((0, 0)), cs[0].view or "rows").as_rows(site.array).shape[0]
+        view = cs[0].view or "rows"
+        features = as_rows(wanted[name].array, view).shape[0]
         if len(parts) == len(cs) and {p.shape for p in parts} == {(features, features)}:
             # each consumer's statistics at the same scale, as their importances are
             mean = np.mean([p / np.trace(p) * p.shape[0] for p in parts], axis=0)
             samples = min(counts[_covariance_key(c)] for c in cs)
-            covariance[name] = Covariance(mean, cs[0].view or "rows", samples)
+            covariance[name] = Covariance(mean, view, samples)
     return Sensitivity(importance, covariance)
 
 
@@ -194,7 +194,7 @@ def _covariance_rules(weights: list[WeightSite], rules: dict[str, list[_Rule | N
         views = {r.view for r in rs if r is not None}
         if len(views) != 1 or site.array.ndim < 2 or site.array.dtype.kind != "f":
             continue
-        features = Covariance(np.zeros((0, 0)), views.pop() or "").as_rows(site.array).shape[0]
+        features = as_rows(site.array, views.pop() or "rows").shape[0]
         if features <= COVARIANCE_LIMIT:
             out[site.name] = [r for r in rs if r is not None]
     return out

@@ -53,17 +53,21 @@ class Covariance:
         return min(1.0, max(DAMPING, d / (2 * self.samples))) if self.samples > 0 else DAMPING
 
     def as_rows(self, array: np.ndarray) -> np.ndarray:
-        """The weight as [d, n], row i multiplied by input feature i."""
-        if self.view == "rows":
-            return array.reshape(array.shape[0], -1)
-        if self.view == "cols":
-            return array.reshape(-1, array.shape[-1]).T
-        return array.reshape(array.shape[0], -1).T
+        return as_rows(array, self.view)
 
     def from_rows(self, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         if self.view == "rows":
             return rows.reshape(shape)
         return rows.T.reshape(shape)
+
+
+def as_rows(array: np.ndarray, view: str) -> np.ndarray:
+    """The weight as [d, n] for this view (see Covariance), row i multiplied by input feature i."""
+    if view == "rows":
+        return array.reshape(array.shape[0], -1)
+    if view == "cols":
+        return array.reshape(-1, array.shape[-1]).T
+    return array.reshape(array.shape[0], -1).T
 
 
 def output_distortion(array: np.ndarray, approx: np.ndarray, cov: Covariance) -> float:
@@ -77,7 +81,8 @@ def output_distortion(array: np.ndarray, approx: np.ndarray, cov: Covariance) ->
 
 
 def compensate(array: np.ndarray, cb: Codebook, cov: Covariance) -> Codebook:
-    """`cb` with labels chosen by error-compensated rounding against `cov` (same levels)."""
+    """`cb` with labels chosen by error-compensated rounding against `cov` (same levels); its
+    method says so."""
     levels = _Levels(cb.centroids.astype(np.float64))
     w = cov.as_rows(array.astype(np.float64)).copy()
     groups = cov.as_rows(_group_ids(cb))
@@ -96,7 +101,7 @@ def compensate(array: np.ndarray, cb: Codebook, cov: Covariance) -> Codebook:
             errors[i] = (block[i] - rounded) / u[row, row]
             block[i + 1 :] -= np.outer(u[row, row + 1 : stop], errors[i])
         w[stop:] -= u[start:stop, stop:].T @ errors
-    out = replace(cb, labels=_to_layout(cov.from_rows(labels, cb.shape), cb))
+    out = replace(cb, labels=_to_layout(cov.from_rows(labels, cb.shape), cb), method=cb.method + ", compensated")
     out.rel_error = codebook_error(array, out)
     return out
 

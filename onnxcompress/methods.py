@@ -225,6 +225,5 @@ def _encode_one(site: WeightSite, options: CodebookOptions, importance: np.ndarr
     cb = encode_codebook(site.array, options, site.channel_axis(), importance)
     if cov is not None:
         cb = compensate(site.array, cb, cov)
-        cb.method += ", compensated"
         cb.seconds = time.perf_counter() - t0
     return cb

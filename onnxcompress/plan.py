@@ -429,8 +429,6 @@ def make_plan(
             done = dict(zip(names, pool.map(lambda n: compensate(sites[n].array, eight[n], covariance[n]), names), strict=True))
         compensation = compensation_ratios(weights, eight, done, covariance)
         for w in weights:
-            if w.name in done:
-                done[w.name].method += ", compensated"
             cache[(w.name, 8, "tensor")] = EncodedWeight.of_codebook(w, done.get(w.name, eight[w.name]))
     for t in tensors:
         g, r = gains.get(t.site.name, 1.0), compensation.get(t.site.name, 1.0)
