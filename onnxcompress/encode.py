@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +35,9 @@ class Codebook:
     method: str  # "exact" or "binned"
     seconds: float
     rel_error: float = float("nan")  # ||W - decoded|| / ||W||, with the stored codebook's rounding
+    # Layout "tensor": the (weighted) SSE of the best clustering with 1..k levels, from the same
+    # k-means run (sse_curve's numbers); the planner's rate-distortion curve comes free with it.
+    sse_by_k: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_values(self) -> int:
@@ -121,9 +124,9 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance:
         exact = use_exact(array, k, options.kmeans)
         if exact:
             r = kmeans1d(flat, k, w)
-            centroids, labels = r.centroids, r.labels
+            centroids, labels, curve = r.centroids, r.labels, r.sse_by_k
         else:
-            centroids, labels = binned_kmeans(flat, k, weights=w)
+            centroids, labels, curve = binned_kmeans(flat, k, weights=w)
         return Codebook(
             tuple(array.shape),
             bits,
@@ -134,6 +137,7 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance:
             labels.reshape(1, -1).astype(np.uint8),
             "exact" if exact else "binned",
             0.0,
+            sse_by_k=curve,
         )
     if options.granularity == "channel":
         axis = axis % array.ndim
@@ -188,16 +192,18 @@ def _weigh_unweighted_rows(weights: np.ndarray, real: np.ndarray) -> None:
 
 def binned_kmeans(
     x: np.ndarray, k: int, polish_rounds: int = 2, weights: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Near-optimal k-means for a large all-distinct tensor: the exact DP over at most 65536
     fp16 bins (each at the exact weighted mean of its values, weighted by its total weight),
     then Lloyd rounds on the full data, which only lower the SSE. Returns (centroids, uint8
-    labels). Works through the data CHUNK values at a time, so its memory beyond the labels
-    stays small whatever the tensor (a weight mapped from its file is never copied whole)."""
+    labels, curve). Works through the data CHUNK values at a time, so its memory beyond the labels
+    stays small whatever the tensor (a weight mapped from its file is never copied whole).
+    Also returns sse_curve's binned curve for 1..k levels, from the same DP."""
     flat = x.reshape(-1)
     w = None if weights is None else weights.reshape(-1)
-    counts, means, _ = _fp16_bins(flat, w)
-    centroids = kmeans1d(means, k, counts).centroids
+    counts, means, within = _fp16_bins(flat, w)
+    dp = kmeans1d(means, k, counts)
+    centroids = dp.centroids
     labels = np.empty(flat.size, dtype=np.uint8)
     for round_ in range(polish_rounds + 1):
         bounds = (centroids[1:] + centroids[:-1]) / 2
@@ -213,7 +219,7 @@ def binned_kmeans(
         if round_ < polish_rounds:
             # cnt is a total weight, below 1 for a few light values: divide by it exactly
             centroids = np.where(cnt > 0, tot / np.where(cnt > 0, cnt, 1.0), centroids)
-    return centroids, labels
+    return centroids, labels, dp.sse_by_k + within
 
 
 def sse_curve(array: np.ndarray, k: int, method: str = "auto", importance: np.ndarray | None = None) -> tuple[np.ndarray, str]:

@@ -244,6 +244,27 @@ def test_binned_path_works_in_chunks_with_the_same_result(monkeypatch):
     assert codebook_error(x, parts) == pytest.approx(relative_error(x, parts.decoded()), rel=1e-12)
 
 
+@pytest.mark.parametrize("kmeans", ["exact", "binned"])
+def test_codebook_carries_the_curve_of_its_own_run(kmeans):
+    """A per-tensor codebook's sse_by_k is sse_curve's (the planner reads its options from
+    it), and its entry at k is what that codebook's clustering really costs."""
+    from onnxcompress.encode import sse_curve
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_t(5, size=(120, 90)).astype(np.float32)
+    importance = rng.uniform(0.1, 2.0, size=(120, 1)) * np.ones((1, 90))
+    for imp in (None, importance):
+        cb = encode_codebook(x, CodebookOptions(bits=6, kmeans=kmeans), importance=imp)
+        curve, _ = sse_curve(x, 64, kmeans, imp)
+        assert cb.sse_by_k is not None and len(cb.sse_by_k) == 64
+        np.testing.assert_allclose(cb.sse_by_k, curve, rtol=1e-9)
+        w = np.ones(x.shape) if imp is None else imp
+        sse = float(np.sum(w * (cb.decoded().astype(np.float64) - x) ** 2))
+        # exact: the codebook is the curve's optimum; binned: the Lloyd polish only lowers it
+        assert sse <= cb.sse_by_k[-1] * (1 + 1e-6) and sse >= cb.sse_by_k[-1] * (0.99 if kmeans == "binned" else 1 - 1e-6)
+    assert encode_codebook(x, CodebookOptions(bits=4, granularity="channel")).sse_by_k is None
+
+
 def test_large_models_are_verified_without_folding(monkeypatch):
     """Past UNFOLDED_VERIFY_BYTES the compressed model is verified with graph optimizations
     off: the same outputs, without the load-time folding that holds every decoded weight."""

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import onnxcompress as oc
 from onnxcompress.lowrank import (
+    singular_values,
     break_even_rank,
     encode_lowrank,
     factor_kind,
@@ -237,3 +238,15 @@ def test_a_pair_is_kept_only_when_smaller():
     assert oc.compress(model, method="lowrank", rank=21, min_elements=64, verify=False).report.tensors[0].rank == 21
     with pytest.raises(oc.CompressError, match="nothing to compress"):
         oc.compress(model, method="lowrank", rank=22, min_elements=64, verify=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 60), st.integers(0, 2**31 - 1))
+def test_singular_values_from_the_gram_matrix_match_lapack(rows, cols, seed):
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal((rows, cols)) * np.geomspace(1, 1e-4, cols)).astype(np.float32)
+    s = singular_values(a)
+    expected = np.linalg.svd(a.astype(np.float64), compute_uv=False)
+    assert s.shape == expected.shape and np.all(np.diff(s) <= 0)
+    np.testing.assert_allclose(s, expected, rtol=0, atol=1e-6 * expected[0])
+    assert float(np.sum(s**2)) == pytest.approx(float(np.sum(a.astype(np.float64) ** 2)), rel=1e-9)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import onnxcompress as oc
-from onnxcompress.plan import Option, TensorOptions, _lower_hull, fit_size, ladder, tensor_options
+from onnxcompress.plan import Option, Plan, PlanTrace, TensorOptions, _lower_hull, fit_size, ladder, search_error, tensor_options
 from onnxcompress.select import WeightSite
 
 from models import ALL, F, make_model, matmul_chain
@@ -25,9 +25,17 @@ def site(name: str, shape=(64, 32), seed=0) -> WeightSite:
     return WeightSite(name, arr, onnx.TensorProto.FLOAT, "initializer", [])
 
 
+def options_of(s: WeightSite, importance=None):
+    from onnxcompress.encode import encode_codebook
+    from onnxcompress.options import CodebookOptions
+
+    curve = encode_codebook(s.array, CodebookOptions(bits=8), importance=importance).sse_by_k
+    return tensor_options(s, importance, s.array.nbytes, curve)
+
+
 def test_options_cover_every_bit_width_and_shrink_with_bits():
     s = site("W", (256, 128))
-    opts = tensor_options(s, None, s.array.nbytes)
+    opts = options_of(s)
     assert opts.options[-1].bits is None and opts.options[-1].distortion == 0  # keep: the largest
     sizes = [o.bytes for o in opts.options]
     dists = [o.distortion for o in opts.options]
@@ -38,9 +46,35 @@ def test_options_cover_every_bit_width_and_shrink_with_bits():
     from onnxcompress.encode import encode_codebook
     from onnxcompress.options import CodebookOptions
 
-    eight = next(o for o in tensor_options(s, None, s.array.nbytes).options if o.bits == 8 and o.granularity == "tensor")
+    eight = next(o for o in opts.options if o.bits == 8 and o.granularity == "tensor")
     cb = encode_codebook(s.array, CodebookOptions(bits=8, kmeans="exact"))
     assert eight.distortion == pytest.approx(cb.rel_error**2, rel=1e-3)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(2, 120), st.floats(1e-3, 1.0), st.floats(0.05, 20.0), st.floats(0.3, 3.0), st.integers(0, 2**31 - 1))
+def test_error_search_finds_the_smallest_plan_that_meets_the_target(n, target, bias, curvature, seed):
+    """Whatever the prediction's bias (measured / predicted) and shape, the search returns the
+    first plan on the ladder whose measured error meets the target, in few measurements: with
+    a fair prediction in 1-3 runs, and never more than twice bisection's."""
+    rng = np.random.default_rng(seed)
+    predicted = np.sort(rng.uniform(1e-4, 1.0, n))[::-1]  # plans grow: errors fall
+    measured = bias * predicted**curvature
+    plans = [Plan({"w": Option(1, bytes=i + 1)}, i + 1, float(p * p)) for i, p in enumerate(predicted)]
+    runs = []
+
+    def measure(p: Plan) -> float:
+        runs.append(p.bytes)
+        return float(measured[p.bytes - 1])
+
+    best = search_error(plans, target, measure, PlanTrace())
+    meets = np.flatnonzero(measured <= target)
+    assert (best is None) == (meets.size == 0)
+    if best is not None:
+        assert best.bytes == meets[0] + 1 and best.measured == measured[meets[0]]
+    assert len(runs) == len(set(runs)) and len(runs) <= 2 * (int(np.log2(n)) + 2)
+    if bias == pytest.approx(1.0, abs=0.2) and curvature == pytest.approx(1.0, abs=0.05):
+        assert len(runs) <= 3  # a fair prediction
 
 
 @settings(max_examples=60, deadline=None)
