@@ -196,9 +196,9 @@ def binned_kmeans(
     """Near-optimal k-means for a large all-distinct tensor: the exact DP over at most 65536
     fp16 bins (each at the exact weighted mean of its values, weighted by its total weight),
     then Lloyd rounds on the full data, which only lower the SSE. Returns (centroids, uint8
-    labels, curve). Works through the data CHUNK values at a time, so its memory beyond the labels
-    stays small whatever the tensor (a weight mapped from its file is never copied whole).
-    Also returns sse_curve's binned curve for 1..k levels, from the same DP."""
+    labels, sse_curve's binned curve for 1..k levels from the same DP). Works through the data
+    CHUNK values at a time, so its memory beyond the labels stays small whatever the tensor (a
+    weight mapped from its file is never copied whole)."""
     flat = x.reshape(-1)
     w = None if weights is None else weights.reshape(-1)
     counts, means, within = _fp16_bins(flat, w)
