@@ -556,6 +556,8 @@ def make_plan(
         "plans_on_ladder": len(plans),
         "candidates": [{"bytes": b + other_bytes, "error": e} for b, e in trace.evaluations],
         "estimated_bytes": best.bytes + other_bytes,
+        # the same estimate for uniform 8 bits per tensor, so the report can say what planning bought
+        "eight_bit_bytes": other_bytes + sum(min(sizes[w.name], eight[w.name].stored_bytes() + DECODER_BYTES) for w in weights),
         "seconds": time.perf_counter() - t0,
     }
     build(best)

@@ -130,7 +130,8 @@ class Report:
             console.print(
                 f"plan for {p['target']}: measured {p['measured']:.3g}; {mix}"
                 + (f", {kept} kept in float" if kept else "")
-                + f"; {len(p['candidates'])} candidates measured, {p['seconds']:.1f} s",
+                + f"; {len(p['candidates'])} candidates measured, {p['seconds']:.1f} s"
+                + _against_eight_bits(p),
                 highlight=False,
             )
         where = f"\nwrote {self.output}" if self.output else ""
@@ -138,6 +139,20 @@ class Report:
             f"[bold]{human(self.file_bytes_before)} -> {human(self.file_bytes_after)}[/bold] "
             f"({self.ratio:.2f}x smaller) in {self.seconds:.1f} s{where}"
         )
+
+
+def _against_eight_bits(plan: dict) -> str:
+    """How the plan's estimated size compares with uniform 8 bits per tensor's."""
+    if not plan.get("eight_bit_bytes") or not plan.get("estimated_bytes"):
+        return ""
+    ratio = plan["eight_bit_bytes"] / plan["estimated_bytes"]
+    if ratio >= 1.005:
+        than = f"{ratio:.2f}x smaller than"
+    elif ratio <= 0.995:
+        than = f"{(1 / ratio - 1) * 100:.0f}% larger than"  # the target needs more than 8 bits give
+    else:
+        than = "about the size of"
+    return f"; {than} uniform 8 bits ({human(plan['eight_bit_bytes'])})"
 
 
 def render_outputs(outputs: list[OutputDiff], console: Console) -> None:

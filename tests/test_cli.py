@@ -3,6 +3,8 @@ the input untouched."""
 
 from __future__ import annotations
 
+import re
+
 import json
 import subprocess
 import sys
@@ -225,6 +227,7 @@ def test_unreachable_target_exits_1_with_one_line(tmp_path, capsys, model_path):
 def test_planned_compression_from_the_command_line(tmp_path, capsys, model_path):
     code, text, _ = run_cli([model_path, "-o", tmp_path / "p.onnx", "--min-elements", 64, "--max-error", 0.05], capsys)
     assert code == 0 and "plan for --max-error 0.05" in text
+    assert re.search(r"(\d\.\d\dx smaller than|% larger than|about the size of) uniform 8 bits \(", " ".join(text.split()))
 
 
 def test_inspect_writes_nothing(tmp_path, capsys, model_path):

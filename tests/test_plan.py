@@ -132,6 +132,8 @@ def test_max_error_is_met_on_the_calibration_inputs_and_beats_uniform_8_bits():
     assert max(d.rel_l2 for d in r.report.outputs) <= 0.02  # the final verification agrees
     uniform = oc.compress(model, min_elements=64, bits=8, verify=False)
     assert r.report.file_bytes_after < uniform.report.file_bytes_after
+    # the report's estimate of the 8-bit size, which it compares the plan with
+    assert r.report.plan["eight_bit_bytes"] == pytest.approx(uniform.report.file_bytes_after, rel=0.02)
     assert r.report.plan["candidates"], "the error target was measured"
     onnx.checker.check_model(r.model, full_check=True)
 
