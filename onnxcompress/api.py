@@ -36,6 +36,7 @@ from .report import Report, TensorReport
 from .rewrite import default_opset, record
 from .save import check_output_path, save_model
 from .select import Selection, select_weights
+from .threads import one_blas_thread
 from .verify import Comparison, OutputDiff, compare, error_of, load_feeds, run, session, synthesize_feed
 
 ModelSource = str | os.PathLike | onnx.ModelProto
@@ -52,6 +53,7 @@ class CompressResult:
     centroids: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@one_blas_thread()
 def compress(
     model: ModelSource,
     output: str | os.PathLike | None = None,
@@ -320,6 +322,7 @@ def _tensor_report(e: EncodedWeight, stored: dict[str, str]) -> TensorReport:
 # -- compare ------------------------------------------------------------------------------------
 
 
+@one_blas_thread()
 def compare_models(
     original: ModelSource,
     compressed: ModelSource,

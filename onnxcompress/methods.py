@@ -114,45 +114,59 @@ def encode_weights(
     # pairs are chosen against the codebook's weight error, which compensation raises on purpose
     cov = covariance if method == "codebook" else None
     codebooks = encode_codebooks(weights, codebook_o, progress, importance, covariance=cov) if method != "lowrank" else {}
+    factored = [] if method == "codebook" else [(w, kind) for w in weights if (kind := kinds[w.name][0]) is not None]
+    factored.sort(key=lambda wk: -wk[0].array.size)
+    pairs: dict[str, tuple[EncodedWeight | None, str]] = {}
+    with progress_bar(progress) as bar, ThreadPoolExecutor(max(1, min(len(factored), os.cpu_count() or 1))) as pool:
+        # one SVD per core, largest first (BLAS runs one thread each: threads.py)
+        task = bar.add_task("low rank", total=len(factored)) if bar and factored else None
+        futures = {
+            w.name: pool.submit(_encode_factored, w, kind, codebooks.get(w.name), method, codebook_o, lowrank_o)
+            for w, kind in factored
+        }
+        for name, f in futures.items():
+            pairs[name] = f.result()
+            if task is not None:
+                bar.advance(task)
     out: list[EncodedWeight] = []
     skipped: list[Skipped] = []
-    with progress_bar(progress) as bar:
-        n_factored = sum(1 for kind, _ in kinds.values() if kind)
-        task = bar.add_task("low rank", total=n_factored) if bar and n_factored and method != "codebook" else None
-        for site in weights:
-            kind, why = kinds[site.name]
-            cb = codebooks.get(site.name)
-            as_codebook = EncodedWeight.of_codebook(site, cb) if cb else None
-            best = as_codebook
-            if method != "codebook" and kind is None:
-                why = why or "low rank: no pair can replace it"
-            elif method != "codebook" and kind is not None:
-                if method == "auto":
-                    assert cb is not None
-                    best = _smallest_within(site, kind, cb, codebook_o, lowrank_o)
-                else:
-                    pair = encode_lowrank(site.array, kind, lowrank_o)
-                    candidate = _as_pair(site, pair, codebook_o if method == "lowrank+kmeans" else None)
-                    if candidate is not None and (as_codebook is None or candidate.stored_bytes() < as_codebook.stored_bytes()):
-                        best = candidate
-                    else:
-                        why = f"low rank: the pair at rank {pair.rank} is not smaller than the " + (
-                            "weight" if as_codebook is None else "weight's codebook"
-                        )
-                if task is not None:
-                    bar.advance(task)
-            if best is None or best.stored_bytes() >= weight_bytes(site):
-                reason = (
-                    why
-                    if method == "lowrank"
-                    else (f"not smaller as a codebook ({weight_bytes(site)} -> {cb.stored_bytes() if cb else '?'} bytes)")
-                )
-                skipped.append(Skipped(site.name, tuple(site.array.shape), reason))
-                continue
-            if best.pair is None and method != "codebook":
-                best.note = why.replace("low rank: ", "") + "; codebook instead" if why else ""
-            out.append(best)
+    for site in weights:
+        kind, why = kinds[site.name]
+        cb = codebooks.get(site.name)
+        best = EncodedWeight.of_codebook(site, cb) if cb else None
+        if method != "codebook" and kind is None:
+            why = why or "low rank: no pair can replace it"
+        elif site.name in pairs:
+            best, why = pairs[site.name]
+        if best is None or best.stored_bytes() >= weight_bytes(site):
+            reason = (
+                why
+                if method == "lowrank"
+                else (f"not smaller as a codebook ({weight_bytes(site)} -> {cb.stored_bytes() if cb else '?'} bytes)")
+            )
+            skipped.append(Skipped(site.name, tuple(site.array.shape), reason))
+            continue
+        if best.pair is None and method != "codebook":
+            best.note = why.replace("low rank: ", "") + "; codebook instead" if why else ""
+        out.append(best)
     return out, skipped
+
+
+def _encode_factored(
+    site: WeightSite, kind: str, cb: Codebook | None, method: str, codebook_o: CodebookOptions, lowrank_o: LowRankOptions
+) -> tuple[EncodedWeight | None, str]:
+    """A weight a pair can replace under lowrank, lowrank+kmeans or auto: the smallest
+    encoding (the pair, or its codebook `cb` when that is smaller) and why it is not a pair."""
+    as_codebook = EncodedWeight.of_codebook(site, cb) if cb else None
+    if method == "auto":
+        assert cb is not None
+        return _smallest_within(site, kind, cb, codebook_o, lowrank_o), ""
+    pair = encode_lowrank(site.array, kind, lowrank_o)
+    candidate = _as_pair(site, pair, codebook_o if method == "lowrank+kmeans" else None)
+    if candidate is not None and (as_codebook is None or candidate.stored_bytes() < as_codebook.stored_bytes()):
+        return candidate, ""
+    thing = "weight" if as_codebook is None else "weight's codebook"
+    return as_codebook, f"low rank: the pair at rank {pair.rank} is not smaller than the {thing}"
 
 
 def _as_pair(site: WeightSite, pair: LowRankPair, codebook_o: CodebookOptions | None) -> EncodedWeight | None:
