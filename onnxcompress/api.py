@@ -30,7 +30,7 @@ from .options import (
     VerifyOptions,
     groups_from_kwargs,
 )
-from .plan import Calibration, make_plan
+from .plan import FEATURE_FLOOR, Calibration, make_plan
 from .progress import Progress
 from .report import Report, TensorReport
 from .rewrite import default_opset, record
@@ -143,9 +143,15 @@ def compress(
     if (plan_o.sensitivity or plan_o.compensate) and real_inputs and method != "lowrank":
         # Not for the planner: weighing a head's classes by the few the calibration finds likely
         # let it take the OCR model's head to 4-5 bits, which met 0.0076 on the 16 lines it
-        # planned on and measured 0.034-0.045 on 16 others (0.0092 without the weighting).
+        # planned on and measured 0.034-0.045 on 16 others (0.0092 without the weighting). The
+        # planner also floors every feature's mean square (plan.FEATURE_FLOOR), for the same reason.
         measured = calibrate(
-            source, selection.weights, feeds, covariances=plan_o.compensate and method == "codebook", classes=not plan_o.active()
+            source,
+            selection.weights,
+            feeds,
+            covariances=plan_o.compensate and method == "codebook",
+            classes=not plan_o.active(),
+            floor=FEATURE_FLOOR if plan_o.active() else 0.0,
         )
         importance = measured.importance if plan_o.sensitivity else {}
         covariance = measured.covariance

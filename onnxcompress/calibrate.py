@@ -64,10 +64,12 @@ def calibrate(
     feeds: list[dict[str, np.ndarray]],
     covariances: bool = True,
     classes: bool = True,
+    floor: float = 0.0,
 ) -> Sensitivity:
     """Importances of every weight and (with `covariances`) the covariances, in one run of the
     model over the feeds; `classes`: weigh a softmax head's class columns too (the planner
-    does not: see api.compress)."""
+    does not: see api.compress); `floor`: added to every input feature's mean square, in units
+    of their mean (the planner's plan.FEATURE_FLOOR)."""
     wanted = {w.name: w for w in weights}
     readers = _readers(model.graph)
     constants = {t.name for t in model.graph.initializer} | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
@@ -85,7 +87,7 @@ def calibrate(
     activations |= {(r.classes[0], -1) for rs in rules.values() for r in rs if r is not None and r.classes}
     cov_keys = {_covariance_key(c) for cs in cov_rules.values() for c in cs}
     stats, covs, counts, ranks = _capture(model, activations, cov_keys, feeds)
-    importance = {site.name: _importance(site, rules.get(site.name, []), stats, ranks) for site in weights}
+    importance = {site.name: _importance(site, rules.get(site.name, []), stats, ranks, floor) for site in weights}
     covariance = {}
     for name, cs in cov_rules.items():
         parts = [p for c in cs if (p := covs.get(_covariance_key(c))) is not None and np.trace(p) > 0]
@@ -105,10 +107,12 @@ def importances(model: onnx.ModelProto, weights: list[WeightSite], feeds: list[d
     return calibrate(model, weights, feeds, covariances=False).importance
 
 
-def _importance(site: WeightSite, rules: list[_Rule | None], stats: dict, ranks: dict[str, int]) -> np.ndarray:
+def _importance(site: WeightSite, rules: list[_Rule | None], stats: dict, ranks: dict[str, int], floor: float) -> np.ndarray:
     parts = []
     for rule in rules:
         part = rule.finish(stats.get((rule.activation, rule.axis))) if rule is not None else None
+        if floor and part is not None and rule is not None and rule.axis is not None:  # mean squares, not lookup counts
+            part = part / part.mean() + floor
         if part is not None and rule is not None and rule.classes:
             part = part * _class_weights(site, rule.classes, stats, ranks)
         parts.append(np.ones([1] * site.array.ndim) if part is None else part / part.mean())

@@ -32,6 +32,10 @@ class SelectOptions:
         if self.min_elements < 1:
             raise CompressError(f"--min-elements must be at least 1; got {self.min_elements}")
         for flag, pattern in (("--include", self.include), ("--exclude", self.exclude)):
+            if pattern is not None and not isinstance(pattern, str):
+                raise CompressError(
+                    f"{flag} takes one regular expression, not a {type(pattern).__name__}; join names with | (a|b)"
+                )
             if pattern is not None:
                 try:
                     re.compile(pattern)

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxcompress as oc
-from onnxcompress.calibrate import importances
+from onnxcompress.calibrate import calibrate, importances
 from onnxcompress.encode import encode_codebook
 from onnxcompress.options import CodebookOptions, SelectOptions
 from onnxcompress.select import select_weights
@@ -34,6 +34,19 @@ def test_matmul_rows_weigh_the_mean_square_of_their_input_feature():
     got = imp["W"]
     assert got.shape == (48, 40) and np.allclose(got[:, 0], got[:, 7])
     np.testing.assert_allclose(got[:, 0], want / want.mean(), rtol=1e-5)
+
+
+def test_a_floor_lifts_quiet_features_and_keeps_the_mean_at_one():
+    """The planner's floor (plan.FEATURE_FLOOR): (E[x_i^2] / mean + f) / (1 + f), so a feature
+    silent on the calibration inputs still counts."""
+    model = ALL["matmul"]()
+    x = np.random.default_rng(0).normal(size=(80, 48)).astype(np.float32) * np.linspace(0.1, 3.0, 48).astype(np.float32)
+    x[:, :5] = 0.0
+    sel = select_weights(model, SelectOptions(min_elements=64))
+    got = calibrate(model, sel.weights, [{"x": x}], covariances=False, floor=0.1).importance["W"][:, 0]
+    ms = (x.astype(np.float64) ** 2).mean(axis=0)
+    np.testing.assert_allclose(got, (ms / ms.mean() + 0.1) / 1.1, rtol=1e-5)
+    assert got[:5].min() == pytest.approx(0.1 / 1.1) and got.mean() == pytest.approx(1.0)
 
 
 def test_an_intermediate_activation_is_captured_through_onnxruntime():

@@ -48,6 +48,8 @@ def test_keywords_are_validated_like_flags():
         groups_from_kwargs({"energy": 1.5})
     with pytest.raises(CompressError, match="--rank must be at least 1"):
         groups_from_kwargs({"rank": 0})
+    with pytest.raises(CompressError, match=r"--exclude takes one regular expression, not a list; join names with \|"):
+        groups_from_kwargs({"exclude": ["a", "b"]})
     # every option is documented where Python users look for it
     import onnxcompress
 
