@@ -14,7 +14,17 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import onnxcompress as oc
-from onnxcompress.plan import Option, Plan, PlanTrace, TensorOptions, _lower_hull, fit_size, ladder, search_error, tensor_options
+from onnxcompress.plan import (
+    Option,
+    Plan,
+    PlanTrace,
+    TensorOptions,
+    _lower_hull,
+    ladder,
+    search_error,
+    tensor_options,
+    within_size,
+)
 from onnxcompress.select import WeightSite
 
 from models import ALL, F, make_model, matmul_chain
@@ -120,8 +130,11 @@ def test_ladder_plans_are_optimal_for_their_size(seed, n_tensors):
         best = min(d for b, d in combos if b <= p.bytes)
         assert p.distortion <= best + 1e-9
     budget = (plans[0].bytes + plans[-1].bytes) // 2
-    chosen = fit_size(plans, budget)
-    assert chosen is not None and chosen.bytes <= budget
+    fitting = within_size(tensors, plans, budget)
+    assert fitting and all(p.bytes <= budget for p in fitting)
+    assert [p.distortion for p in fitting] == sorted(p.distortion for p in fitting)
+    # the slope bisection only adds plans: never a worse fit than the ladder's own
+    assert fitting[0].distortion <= min(p.distortion for p in plans if p.bytes <= budget)
 
 
 def test_max_error_is_met_on_the_calibration_inputs_and_beats_uniform_8_bits():
