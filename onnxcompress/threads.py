@@ -2,7 +2,8 @@
 core for codebooks, plan options, rounding and SVDs; onnxruntime's pool when it runs a model),
 and OpenBLAS's own threads, which spin for a while after every call, took cores from both:
 planning MiniLM with --max-error 0.01 took 38.6 s with two BLAS threads and 31.1 s with one,
-its 8-bit codebooks 10.4 s and 8.2 s."""
+the whole 8-bit command 10.4 s and 8.2 s. The limit is process-wide (BLAS has no per-thread
+setting) and lasts while compress() or compare_models() runs."""
 
 from __future__ import annotations
 
