@@ -134,7 +134,7 @@ def tensor_options(
     norm = float(np.sum(w * a.astype(np.float64) ** 2)) or 1.0  # all zero: every option is exact
     entry = storage_dtype(a.dtype, "auto").itemsize
     options = [Option(None, bytes=original_bytes, distortion=0.0)]
-    if a.dtype in (np.float32, np.float64) and float(np.abs(a).max(initial=0.0)) < 65504:
+    if _float16_is_an_option(a):
         half = a.astype(np.float16).astype(np.float64)
         options.append(Option(16, "float16", a.size * 2 + DECODER_BYTES, float(np.sum(w * (half - a) ** 2)) / norm))
     for bits in range(_lowest_bits(site), 9):
@@ -169,6 +169,11 @@ PRODUCT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "LSTM", "GRU
 LOWEST_ADDITIVE_BITS = 4
 
 
+def _float16_is_an_option(a: np.ndarray) -> bool:
+    """A wider float weight whose values all fit float16's range."""
+    return a.dtype in (np.float32, np.float64) and float(np.abs(a).max(initial=0.0)) < 65504
+
+
 def _lowest_bits(site: WeightSite) -> int:
     return 1 if any(c.op_type in PRODUCT_OPS for c in site.consumers) else LOWEST_ADDITIVE_BITS
 
@@ -195,7 +200,7 @@ def pair_options(
     # 8-bit codebook, near enough).
     eight_bit_limit = break_even_rank(rows, cols)
     float_limit = eight_bit_limit
-    if a.dtype in (np.float32, np.float64) and float(np.abs(a).max(initial=0.0)) < 65504:  # float16 is an option
+    if _float16_is_an_option(a):
         float_limit = (a.size * 2 - 1) // ((rows + cols) * a.dtype.itemsize)
     ranks = {}
     for energy in PAIR_ENERGIES:
