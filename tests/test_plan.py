@@ -137,6 +137,36 @@ def test_ladder_plans_are_optimal_for_their_size(seed, n_tensors):
     assert fitting[0].distortion <= min(p.distortion for p in plans if p.bytes <= budget)
 
 
+def ten_close_tensors() -> list[TensorOptions]:
+    """Ten tensors whose 1-bit -> 2-bit slopes all lie within 0.3% of each other: the ladder's
+    grid steps over all ten at once (50 -> 100 bytes), so only bisection finds the plans between."""
+    return [
+        TensorOptions(site(f"w{i}", (4, 4)), [Option(1, "tensor", 5, 4.0), Option(2, "tensor", 10, 1 + 0.001 * i), Option(None, bytes=20, distortion=0.0)])
+        for i in range(10)
+    ]
+
+
+def test_size_bisection_finds_the_plans_the_ladder_steps_over():
+    tensors = ten_close_tensors()
+    plans = ladder(tensors)
+    assert [p.bytes for p in plans if p.bytes <= 100] == [50, 100]
+    combos = [(sum(o.bytes for o in c), sum(o.distortion for o in c)) for c in itertools.product(*(t.options for t in tensors))]
+    for budget in (62, 75, 95):
+        best = within_size(tensors, plans, budget)[0]
+        optimum = min(d for b, d in combos if b <= budget)  # brute force over all 3^10 combinations
+        assert best.bytes == budget - budget % 5 and best.distortion == pytest.approx(optimum)
+
+
+def test_error_refinement_finds_the_plans_the_ladder_steps_over():
+    tensors = ten_close_tensors()
+    plans = ladder(tensors)
+    target = np.sqrt(5 * 4.0 + sum(1 + 0.001 * i for i in range(5))) * 1.0001  # five tensors at 2 bits
+    measure = lambda p: float(np.sqrt(p.distortion))  # noqa: E731
+    unrefined = search_error(plans, target, measure, PlanTrace(), tensors, refine=0)
+    refined = search_error(plans, target, measure, PlanTrace(), tensors)
+    assert unrefined.bytes == 100 and refined.bytes == 75 and refined.measured <= target
+
+
 def test_max_error_is_met_on_the_calibration_inputs_and_beats_uniform_8_bits():
     model = matmul_chain("A", (256, 192), "B", (192, 64))
     x = np.random.default_rng(0).normal(size=(40, 256)).astype(np.float32)
