@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from harness import model_inputs, session, write_json
+from harness import compress_checked, model_inputs, session, write_json
 
 import onnxcompress
 from onnxcompress.encode import binned_kmeans
@@ -51,7 +51,7 @@ ECSQ_GAP_BITS = 0.5 * math.log2(math.pi * math.e / 6)  # 0.254: uniform + entrop
 
 
 def output_error(src: Path, dst: Path, bits: int, feed: dict) -> float:
-    onnxcompress.compress(src, dst, force=True, bits=bits, verify=False, calibration=feed)
+    compress_checked(src, dst, force=True, bits=bits, verify=False, calibration=feed)
     names = [o.name for o in session(src).get_outputs()]
     ref, got = session(src).run(names, feed), session(dst).run(names, feed)
     return max(d.rel_l2 for d in compare(names, [ref], [got]))

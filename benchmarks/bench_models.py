@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import onnxruntime as ort
-from harness import LATENCY_SLICE, latency_ratio, load_cost, model_inputs, session, sliced, task_result, write_json
+from harness import LATENCY_SLICE, compress_checked, latency_ratio, load_cost, model_inputs, session, sliced, task_result, write_json
 
 import onnxcompress
 from onnxcompress.verify import compare
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
             for setting in args.settings.split(","):
                 dst = Path(tmp) / f"{name}.{setting}.onnx"
                 t0 = time.perf_counter()
-                result = onnxcompress.compress(src, dst, force=True, **SETTINGS[setting])
+                result = compress_checked(src, dst, force=True, **SETTINGS[setting])
                 seconds = time.perf_counter() - t0
                 comp = session(dst)
                 outs = dict(zip(out_names, comp.run(None, feed), strict=True))

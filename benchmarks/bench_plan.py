@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from harness import model_inputs, session, task_result, write_json
+from harness import compress_checked, model_inputs, session, task_result, write_json
 
 import onnxcompress
 from onnxcompress.verify import compare
@@ -78,16 +78,16 @@ def main(argv=None) -> int:
             row: dict = {"model": name, "bytes": Path(src).stat().st_size}
 
             eight = tmp / "eight.onnx"
-            onnxcompress.compress(src, eight, force=True, bits=8, verify=False)
+            compress_checked(src, eight, force=True, bits=8, verify=False)
             row["uniform8"] = evaluate(name, eight, feed, labels, ref, out_names)
 
             calibrated = tmp / "calibrated.onnx"
-            onnxcompress.compress(src, calibrated, force=True, bits=8, verify=False, calibration=feed)
+            compress_checked(src, calibrated, force=True, bits=8, verify=False, calibration=feed)
             row["calibrated8"] = evaluate(name, calibrated, feed, labels, ref, out_names)
 
             first, second = halves(feed)
             held = tmp / "held_out.onnx"
-            onnxcompress.compress(src, held, force=True, max_error=MAX_ERROR, calibration=first)
+            compress_checked(src, held, force=True, max_error=MAX_ERROR, calibration=first)
             fitted = dict(zip(out_names, session(src).run(out_names, second), strict=True))
             got = dict(zip(out_names, session(held).run(out_names, second), strict=True))
             diffs = compare(out_names, [[fitted[n] for n in out_names]], [[got[n] for n in out_names]])
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
 
             planned = tmp / "planned.onnx"
             t0 = time.perf_counter()
-            r = onnxcompress.compress(src, planned, force=True, max_error=MAX_ERROR, calibration=feed)
+            r = compress_checked(src, planned, force=True, max_error=MAX_ERROR, calibration=feed)
             seconds = time.perf_counter() - t0  # the whole command, before the task is scored
             row["planned"] = {
                 **evaluate(name, planned, feed, labels, ref, out_names),
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                     continue
                 mine = tmp / f"plan_{peer}.onnx"
                 try:
-                    onnxcompress.compress(src, mine, force=True, target_size=theirs["bytes"] / 1e6, calibration=feed)
+                    compress_checked(src, mine, force=True, target_size=theirs["bytes"] / 1e6, calibration=feed)
                     ours = evaluate(name, mine, feed, labels, ref, out_names)
                 except onnxcompress.TargetError as e:
                     ours = {"error": str(e)[:100]}

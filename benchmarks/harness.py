@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+import onnxcompress
+
 # a slice of each feed for the latency loop (batch-like first axis), so a run takes ~10-100 ms
 LATENCY_SLICE = {"minilm_l6": 8, "ppocrv6_rec_small": 4, "silero_vad_seq": 256, "mtcnn_onet": 16, "digits_mlp": 64}
 
@@ -177,3 +179,22 @@ def latency_ratio(a: ort.InferenceSession, b: ort.InferenceSession, feed: dict, 
 def sliced(feed: dict, n: int) -> dict:
     lead = max(v.shape[0] for v in feed.values() if v.ndim)
     return {k: (v[:n] if v.ndim and v.shape[0] == lead else v) for k, v in feed.items()}
+
+
+_PASSES_FULL_CHECK: dict[str, bool] = {}
+
+
+def compress_checked(src, dst, **options):
+    """onnxcompress.compress, then onnx's full check on the written file wherever the original
+    passes it (a compressed file must never be less valid than its source)."""
+    result = onnxcompress.compress(src, dst, **options)
+    key = str(Path(src).resolve())
+    if key not in _PASSES_FULL_CHECK:
+        try:
+            onnx.checker.check_model(str(src), full_check=True)
+            _PASSES_FULL_CHECK[key] = True
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+            _PASSES_FULL_CHECK[key] = False
+    if _PASSES_FULL_CHECK[key]:
+        onnx.checker.check_model(str(dst), full_check=True)
+    return result

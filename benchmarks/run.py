@@ -32,7 +32,7 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-from harness import LATENCY_SLICE, latency_ratio, load_cost, model_inputs, session, sliced, task_result, write_json
+from harness import LATENCY_SLICE, compress_checked, latency_ratio, load_cost, model_inputs, session, sliced, task_result, write_json
 
 import onnxcompress
 from onnxcompress.verify import compare
@@ -48,7 +48,7 @@ QUICK = ["digits_mlp", "silero_vad_seq", "mtcnn_onet"]
 
 def onnxcompress_tool(**options):
     def run(src: Path, dst: Path) -> None:
-        onnxcompress.compress(src, dst, force=True, verify=False, **options)
+        compress_checked(src, dst, force=True, verify=False, **options)
 
     return run
 

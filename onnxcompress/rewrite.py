@@ -139,6 +139,14 @@ def _restore_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
     dst.metadata_props.extend(src.metadata_props)
     if not dst.functions and src.functions:
         dst.functions.extend(src.functions)
+    # graphsurgeon takes a tensor's type from value_info when the name is there too: a
+    # quantization tool's shapeless value_info entry for an output cost it its shape, which
+    # onnx.checker's full check requires of graph outputs
+    for field in ("input", "output"):
+        declared = {v.name: v.type for v in getattr(src.graph, field)}
+        for v in getattr(dst.graph, field):
+            if v.name in declared:
+                v.type.CopyFrom(declared[v.name])
 
 
 def _set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:

@@ -276,3 +276,80 @@ def test_large_models_are_verified_without_folding(monkeypatch):
     unfolded = oc.compress(model, min_elements=64, bits=4).report
     assert unfolded.verified and unfolded.verified_unfolded and not folded.verified_unfolded
     assert unfolded.outputs[0].rel_l2 == pytest.approx(folded.outputs[0].rel_l2, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"bits": 4}, {"method": "lowrank", "rank": 4}, {"method": "auto"}, {"max_error": 0.02}],
+    ids=["codebook", "lowrank", "auto", "plan"],
+)
+def test_outputs_keep_their_declared_types_when_value_info_repeats_them(options):
+    """Quantization tools leave a shapeless value_info entry beside a graph output; the
+    compressed file once took that type, lost the output's shape and failed the full check."""
+    model = matmul_chain("A", (64, 48), "B", (48, 32))
+    for io in list(model.graph.input) + list(model.graph.output):
+        model.graph.value_info.append(onnx.helper.make_tensor_value_info(io.name, io.type.tensor_type.elem_type, None))
+    onnx.checker.check_model(model, full_check=True)
+    out = oc.compress(model, min_elements=64, **options).model
+    onnx.checker.check_model(out, full_check=True)
+    assert [v.type for v in out.graph.output] == [v.type for v in model.graph.output]
+    assert [v.type for v in out.graph.input] == [v.type for v in model.graph.input]
+
+
+@pytest.mark.parametrize("kind", ["matmul", "conv", "gemm", "lstm", "embedding"])
+def test_opset_conversion_gives_the_decoded_weights_outputs(kind):
+    """--opset 21 converts the graph, then stores 4-bit indices for that opset: the outputs are
+    the original's with its weights decoded, as the unconverted model computes them."""
+    model = ALL[kind]()
+    out = oc.compress(model, bits=4, min_elements=64, opset=21, verify=False).model
+    assert out.opset_import[0].version == 21
+    reference = reference_with_decoded_weights(model, 4, "tensor")
+    for seed in (0, 1):
+        feed = feed_for(model, seed)
+        for g, w in zip(run(out, feed), run(reference, feed), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stored,weights", [("float32", np.float16), ("float16", np.float32)])
+def test_codebook_dtype_is_how_levels_are_stored_not_what_the_model_computes(stored, weights):
+    from models import FACTORABLE
+
+    model = FACTORABLE["matmul_fp16"]() if weights == np.float16 else ALL["matmul"]()
+    out = oc.compress(model, min_elements=64, codebook_dtype=stored, verify=False).model
+    (codebook,) = [t for t in out.graph.initializer if "::codebook" in t.name]
+    assert codebook.data_type == onnx.helper.np_dtype_to_tensor_dtype(np.dtype(stored))
+    (site,) = select_weights(model, SelectOptions(min_elements=64)).weights
+    cb = encode_codebook(site.array, CodebookOptions(codebook_dtype=stored), site.channel_axis())
+    reference = substitute_decoded(model, [(site, cb)])
+    feed = feed_for(model)
+    (got,), (want,) = run(out, feed), run(reference, feed)
+    assert got.dtype == want.dtype == run(model, feed)[0].dtype
+    np.testing.assert_allclose(got, want, rtol=1e-3 if weights == np.float16 else 1e-5, atol=1e-6)
+
+
+def test_seed_picks_the_synthesized_inputs(tmp_path):
+    """With no inputs given, verification and compare_models run on inputs drawn from `seed`:
+    the same seed, the same numbers; another seed, others."""
+    src = tmp_path / "m.onnx"
+    onnx.save_model(ALL["conv"](), str(src))
+    out = tmp_path / "c.onnx"
+    report = oc.compress(src, out, bits=3, min_elements=64, seed=7).report
+    same = oc.compare_models(src, out, seed=7)
+    other = oc.compare_models(src, out, seed=8)
+    assert [d.to_dict() for d in same] == [d.to_dict() for d in report.outputs]
+    assert same[0].rel_l2 != other[0].rel_l2
+
+
+def test_run_models_keeps_both_models_outputs_for_every_feed(tmp_path):
+    model = ALL["conv"]()
+    src, out = tmp_path / "m.onnx", tmp_path / "c.onnx"
+    onnx.save_model(model, str(src))
+    oc.compress(src, out, bits=3, min_elements=64, verify=False)
+    feeds = [feed_for(model, seed) for seed in range(3)]
+    both = oc.run_models(src, out, inputs=feeds)
+    original, compressed = both.output("y")
+    assert original.dtype == compressed.dtype == np.float64
+    np.testing.assert_array_equal(original, np.concatenate([run(model, f)[0].ravel() for f in feeds]))
+    np.testing.assert_array_equal(compressed, np.concatenate([run(onnx.load(str(out)), f)[0].ravel() for f in feeds]))
+    assert both.diffs == oc.compare_models(src, out, inputs=feeds)
+    assert both.diffs[0].rel_l2 == pytest.approx(np.linalg.norm(compressed - original) / np.linalg.norm(original), rel=1e-9)
