@@ -251,3 +251,44 @@ def test_version_help_and_module_entry_point():
     assert r.returncode == 0 and __version__ in r.stdout
     r = subprocess.run([sys.executable, "-m", "onnxcompress", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--bits" in r.stdout and "inspect" in r.stdout and "exit codes" in r.stdout
+
+
+def rel_l2_in_numpy(a_path, b_path, feeds) -> float:
+    """The worst output's relative L2, from both models' onnxruntime outputs."""
+    import onnxruntime as ort
+
+    runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds) for p in (a_path, b_path)]
+    return max(float(np.linalg.norm(b - a) / np.linalg.norm(a)) for a, b in zip(*runs, strict=True))
+
+
+def test_compare_tolerance_is_judged_at_the_measured_error(tmp_path, capsys, model_path):
+    out = tmp_path / "c.onnx"
+    assert run_cli([model_path, "-o", out, "--min-elements", 64, "--bits", 3, "-q"], capsys)[0] == 0
+    feeds = {"x": np.random.default_rng(5).normal(size=(1, 8, 12, 12)).astype(np.float32)}
+    np.savez(tmp_path / "x.npz", **feeds)
+    error = rel_l2_in_numpy(model_path, out, feeds)
+    assert error > 1e-3
+    common = ["compare", model_path, out, "--inputs", tmp_path / "x.npz", "--tolerance"]
+    assert run_cli([*common, error * 0.99], capsys)[0] == 1
+    assert run_cli([*common, error * 1.01], capsys)[0] == 0
+
+
+def test_demo_accuracy_is_the_written_models(tmp_path, capsys):
+    """At 1 bit with no calibration the digits MLP loses accuracy (97.8% -> 78.3%): the printed
+    'after' must be the written model's, counted here from its onnxruntime outputs."""
+    import onnxruntime as ort
+
+    from onnxcompress.demo import example_data, example_model
+
+    out = tmp_path / "d.onnx"
+    code, text, _ = run_cli(["demo", "-q", "--bits", 1, "--no-compensate", "--no-sensitivity", "-o", out], capsys)
+    assert code == 0
+    before, after = (float(v) / 100 for v in re.findall(r"([\d.]+)%", text.split("accuracy")[1])[:2])
+    pixels, labels = example_data()
+
+    def counted(path):
+        scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixels": pixels})[0]
+        return float(np.mean(scores.argmax(axis=1) == labels))
+
+    assert before == pytest.approx(counted(example_model()), abs=5e-5)
+    assert after == pytest.approx(counted(out), abs=5e-5) and after < before - 0.05

@@ -33,13 +33,13 @@ def test_pack_plane_round_trip(width, n):
     np.testing.assert_array_equal(np.concatenate(fields)[:n], values)
 
 
-def decoded_in_onnxruntime(cb, dtype=np.float32, opset=17):
+def decoded_in_onnxruntime(cb, dtype=np.float32, opset=17, target_ort=(1, 16)):
     out = gs.Variable("W", dtype=dtype, shape=list(cb.shape))
     onnx_dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    nodes, _ = build_decoder(cb, "W", out, onnx_dtype, opset)
+    nodes, _ = build_decoder(cb, "W", out, onnx_dtype, opset, target_ort)
     graph = gs.Graph(nodes=nodes, outputs=[out], opset=opset)
     model = gs.export_onnx(graph)
-    model.ir_version = 8
+    model.ir_version = 11 if opset >= 23 else 10 if opset >= 21 else 8
     onnx.checker.check_model(model, full_check=True)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
 
@@ -53,6 +53,21 @@ def test_decoder_rebuilds_the_codebook_exactly(bits, layout, shape, axis):
     got = decoded_in_onnxruntime(cb)
     assert got.shape == w.shape and got.dtype == np.float32
     np.testing.assert_array_equal(got, cb.decoded().astype(np.float32))
+
+
+@pytest.mark.parametrize("bits", range(1, 8))
+@pytest.mark.parametrize("opset,target_ort", [(11, (1, 16)), (13, (1, 16)), (14, (1, 16)), (21, (1, 16)), (21, (1, 24, 4)), (25, (1, 24, 4))])
+def test_sub_8_bit_decoders_at_every_opset_they_change_at(bits, opset, target_ort):
+    """Bit planes are combined with Mul below opset 14 and with Add from it; for onnxruntime
+    1.24.4 on, 4-bit indices are stored as uint4 from opset 21 and 2-bit ones as uint2 from 25.
+    Each decoder must rebuild the same weight."""
+    w = np.random.default_rng(bits).normal(size=(13, 11)).astype(np.float32)
+    cb = encode_codebook(w, CodebookOptions(bits=bits, granularity="channel"), 1)
+    out = gs.Variable("W", dtype=np.float32, shape=[13, 11])
+    stored = build_decoder(cb, "W", out, onnx.TensorProto.FLOAT, opset, target_ort)[1]
+    native = target_ort >= (1, 24, 4) and ((bits == 4 and opset >= 21) or (bits == 2 and opset >= 25))
+    assert stored == ({4: "uint4", 2: "uint2"}[bits] if native else "planes")
+    np.testing.assert_array_equal(decoded_in_onnxruntime(cb, opset=opset, target_ort=target_ort), cb.decoded().astype(np.float32))
 
 
 @pytest.mark.parametrize("codebook_dtype,weight_dtype", [("float16", np.float32), ("auto", np.float16), ("auto", np.float64)])

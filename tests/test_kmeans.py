@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -79,6 +79,9 @@ values_strategy = st.one_of(
 
 @settings(max_examples=150 * FUZZ, deadline=None)
 @given(x=values_strategy, k=st.integers(1, 12), budget=st.sampled_from([1 << 30, 0]))
+# values 1e-226 and 2^-23 beside 30: the DP's prefix sums cancel and misplace a boundary, which
+# only the boundary-fix pass moves back (found by the explore profile with that pass off)
+@example(x=np.array([3.0, 4.52550322e-226, 2.0, 0.25, 0.5, 2.0**-23, 4.0, 30.0, 0.0, 1.0, 1.0, 1.0]), k=9, budget=1 << 30)
 def test_matches_brute_force(x, k, budget):
     result = oc.kmeans1d(x, k, table_budget=budget)
     assert_optimal(x, None, k, result)

@@ -115,3 +115,22 @@ def test_weights_holding_nan_or_infinity_are_kept_exact():
     assert not sel.weights and "NaN or infinity" in sel.skipped[0].reason
     with pytest.raises(oc.CompressError, match="nothing to compress"):
         oc.compress(model, min_elements=16)
+
+
+# Every elementwise op of one input reads it as data: a weight it consumes is a weight to compress.
+UNARY_OPS = (
+    "Abs Acos Acosh Asin Asinh Atan Atanh Ceil Celu Cos Cosh Elu Erf Exp Floor Gelu HardSigmoid HardSwish Hardmax "
+    "Identity IsInf IsNaN LeakyRelu Log LogSoftmax Mish Neg Reciprocal Relu Round Selu Shrink Sigmoid Sign Sin Sinh "
+    "Softmax Softplus Softsign Sqrt Tan Tanh ThresholdedRelu"
+).split()
+REDUCE_OPS = "ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare".split()
+
+
+@pytest.mark.parametrize("op", UNARY_OPS + REDUCE_OPS)
+def test_a_weight_read_as_data_is_selected(op):
+    """The weight is the op's data input (input 0); a Reduce's axes (input 1) are not data."""
+    inputs = ["W", "axes"] if op in REDUCE_OPS else ["W"]
+    inits = [("W", weight(16, 16))] + ([("axes", np.array([1], dtype=np.int64))] if op in REDUCE_OPS else [])
+    m = make_model([helper.make_node(op, inputs, ["y"])], [], [("y", F, None)], inits, opset=18)
+    picked, skipped = names(m)
+    assert picked == ["W"] and skipped == {}
