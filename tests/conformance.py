@@ -5,7 +5,9 @@ case's first data set), so that every kind of consumer meets a weight. Each sett
 it with `min_elements=16`; the result must pass the checker, load in onnxruntime and match the
 original with every compressed weight replaced by what the compressed model computes from it
 (its decoded value, or the product of its factors). Anything else is a skip with a stated
-reason (onnxruntime cannot run the original, nothing to compress, ...) or a failure.
+reason: the case itself (onnxruntime cannot run the original, no float input, ...), or a
+refusal, a CompressError from compress for one setting (nothing to compress, an opset too old,
+...), counted apart so that a weight wrongly refused shows as a count that moved.
 
     python tests/conformance.py            # the whole sweep, with counts per setting and reason
 """
@@ -43,7 +45,8 @@ MIN_ELEMENTS = 16
 @dataclass
 class Tally:
     passed: collections.Counter = field(default_factory=collections.Counter)
-    skipped: collections.Counter = field(default_factory=collections.Counter)  # (setting, reason)
+    skipped: collections.Counter = field(default_factory=collections.Counter)  # ("all", reason): the case
+    refused: collections.Counter = field(default_factory=collections.Counter)  # (setting, reason): a CompressError
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (case, setting, what)
 
 
@@ -93,7 +96,7 @@ def check_case(case, tally: Tally) -> None:
         try:
             result = oc.compress(model, method=method, min_elements=MIN_ELEMENTS, verify=False, **options)
         except oc.CompressError as e:
-            tally.skipped[(label, _reason(str(e)))] += 1
+            tally.refused[(label, _reason(str(e)))] += 1
             continue
         except Exception as e:  # noqa: BLE001 - any other exception is a crash: a failure
             tally.failed.append((case.name, label, f"compress raised {type(e).__name__}: {str(e)[:200]}"))
@@ -171,8 +174,10 @@ def sweep(limit: int | None = None) -> Tally:
 
 def summary(tally: Tally) -> str:
     lines = ["passed, by setting:"] + [f"  {k}: {v}" for k, v in sorted(tally.passed.items())]
-    lines.append("skipped, by setting and reason:")
-    lines += [f"  {n:5d}  {s}: {r}" for (s, r), n in sorted(tally.skipped.items(), key=lambda kv: -kv[1])]
+    lines.append("cases skipped, by reason:")
+    lines += [f"  {n:5d}  {r}" for (_, r), n in sorted(tally.skipped.items(), key=lambda kv: -kv[1])]
+    lines.append("refused by compress, by setting and reason:")
+    lines += [f"  {n:5d}  {s}: {r}" for (s, r), n in sorted(tally.refused.items(), key=lambda kv: -kv[1])]
     lines.append(f"failed: {len(tally.failed)}")
     lines += [f"  {c} [{s}]: {w}" for c, s, w in tally.failed[:50]]
     return "\n".join(lines)
