@@ -1,0 +1,291 @@
+"""Does the test suite notice when the code breaks? Apply each change below (a "mutant"), one at
+a time, to a copy of the repository, run the tests, and report which changes survive.
+
+    python tests/mutants.py              # every mutant: its likely tests first, the whole suite for survivors
+    python tests/mutants.py --quick      # the likely tests only (a survivor there is "survived (quick)")
+    python tests/mutants.py -k floor     # only mutants whose name contains "floor"
+    python tests/mutants.py --list       # the mutants, nothing run
+    python tests/mutants.py -k unary --tests tests/test_conformance.py   # does this test alone notice?
+
+A tool, not a test: the README's test command does not run it (about 10 minutes). Each mutant
+is a real defect someone could write; each must fail at least one test of the README command
+(18 of 18 did on 2026-12-06, each within 4-9 s of its likely tests: docs/testing.md).
+A mutant whose text no longer matches the code is reported as "stale": update its snippet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_SECONDS = 1500  # one pytest run; the whole suite takes 2.5-5 minutes
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository
+    old: str  # must occur exactly once
+    new: str
+    tests: tuple[str, ...]  # the tests most likely to notice, run first
+
+
+UNARY_OPS = (
+    "Abs Acos Acosh Asin Asinh Atan Atanh Ceil Celu Cos Cosh Elu Erf Exp Floor Gelu HardSigmoid HardSwish Hardmax "
+    "Identity IsInf IsNaN LeakyRelu Log LogSoftmax Mish Neg Reciprocal Relu Round Selu Shrink Sigmoid Sign Sin Sinh "
+    "Softmax Softplus Softsign Sqrt Tan Tanh ThresholdedRelu"
+).split()
+REDUCE_OPS = "ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare"
+
+MUTANTS = [
+    Mutant(
+        "error_of: the best output instead of the worst",
+        "onnxcompress/verify.py",
+        "return max(d.rel_l2 for d in diffs)",
+        "return min(d.rel_l2 for d in diffs)",
+        ("tests/test_verify.py", "tests/test_targets.py"),
+    ),
+    Mutant(
+        "error_of: top1 always 0",
+        "onnxcompress/verify.py",
+        "return 1.0 - min(scored)",
+        "return 0.0",
+        ("tests/test_verify.py", "tests/test_targets.py"),
+    ),
+    Mutant(
+        "planner: no confirmation on the built model",
+        "onnxcompress/plan.py",
+        "(built := measure_built(build(best))) > plan_o.max_error:",
+        "(built := measure_built(build(best))) > plan_o.max_error * 1e9:",
+        ("tests/test_targets.py",),
+    ),
+    Mutant(
+        "planner: every gain and compensation ratio 1",
+        "onnxcompress/plan.py",
+        "g, r = gains.get(t.site.name, 1.0), compensation.get(t.site.name, 1.0)",
+        "g, r = 1.0, 1.0",
+        ("tests/test_targets.py",),
+    ),
+    Mutant(
+        "planner: FEATURE_FLOOR 0",
+        "onnxcompress/plan.py",
+        "FEATURE_FLOOR = 0.1",
+        "FEATURE_FLOOR = 0.0",
+        ("tests/test_targets.py",),
+    ),
+    Mutant(
+        "within_size: no slope bisection",
+        "onnxcompress/plan.py",
+        "budget: int, steps: int = 8)",
+        "budget: int, steps: int = 0)",
+        ("tests/test_plan.py",),
+    ),
+    Mutant(
+        "search_error: no refinement",
+        "onnxcompress/plan.py",
+        "refine: int = 4,",
+        "refine: int = 0,",
+        ("tests/test_plan.py",),
+    ),
+    Mutant(
+        "compare --tolerance judged at 10x",
+        "onnxcompress/cli.py",
+        "if error > args.tolerance:",
+        "if error > args.tolerance * 10:",
+        ("tests/test_cli.py",),
+    ),
+    Mutant(
+        "JSON report without outputs",
+        "onnxcompress/report.py",
+        'd["ratio"] = self.ratio',
+        'd["ratio"] = self.ratio\n        d["outputs"] = []',
+        ("tests/test_report.py",),
+    ),
+    Mutant(
+        "NAME@K keys read as one feed",
+        "onnxcompress/verify.py",
+        "name, k = (m.group(1), int(m.group(2))) if m else (key, 0)",
+        "name, k = (m.group(1), 0) if m else (key, 0)",
+        ("tests/test_verify.py", "tests/test_report.py"),
+    ),
+    Mutant(
+        "demo: the 'after' accuracy of the original",
+        "onnxcompress/cli.py",
+        "accuracy(output, pixels, labels)",
+        "accuracy(example_model(), pixels, labels)",
+        ("tests/test_cli.py",),
+    ),
+    Mutant(
+        "binned k-means: no Lloyd polish",
+        "onnxcompress/encode.py",
+        "polish_rounds: int = 2,",
+        "polish_rounds: int = 0,",
+        ("tests/test_encode.py",),
+    ),
+    Mutant(
+        "randomized SVD: no power iterations",
+        "onnxcompress/lowrank.py",
+        "POWER_ITERATIONS = 5",
+        "POWER_ITERATIONS = 0",
+        ("tests/test_lowrank.py",),
+    ),
+    Mutant(
+        "--method auto: a pair at 3x the codebook's error",
+        "onnxcompress/methods.py",
+        "got.rel_error <= budget * (1 + 1e-6)",
+        "got.rel_error <= budget * 3",
+        ("tests/test_lowrank.py",),
+    ),
+    Mutant(
+        "compensation damping 0.3",
+        "onnxcompress/compensate.py",
+        "DAMPING = 0.01",
+        "DAMPING = 0.3",
+        ("tests/test_compensate.py",),
+    ),
+    Mutant(
+        "unary and Reduce ops read as non-data inputs",
+        "onnxcompress/select.py",
+        '    "ReduceSumSquare": {1},\n}',
+        '    "ReduceSumSquare": {1},\n'
+        + f"    **{{op: {{0}} for op in {tuple(UNARY_OPS)!r}}},\n"
+        + f"    **{{op: {{0, 1}} for op in {tuple(REDUCE_OPS.split())!r}}},\n}}",
+        ("tests/test_select.py",),
+    ),
+    Mutant(
+        "bit planes combined with the wrong scale below opset 14",
+        "onnxcompress/decode.py",
+        "np.array([1 << offset], dtype=np.int32)",
+        "np.array([1 << (offset + 1)], dtype=np.int32)",
+        ("tests/test_decode.py",),
+    ),
+    Mutant(
+        "graph outputs typed from a shapeless value_info",
+        "onnxcompress/rewrite.py",
+        "                v.type.CopyFrom(declared[v.name])",
+        "                pass",
+        ("tests/test_compress.py",),
+    ),
+    Mutant(
+        "size bisection stops when a midpoint repeats an end",
+        "onnxcompress/plan.py",
+        "        if p.choices == low.choices:\n            a = mid\n        elif p.choices == high.choices:\n            b = mid\n        else:\n            return p",
+        "        return None if p.choices in (low.choices, high.choices) else p",
+        ("tests/test_plan.py",),
+    ),
+    Mutant(
+        "C core: no boundary fix pass",
+        "native/kmeans1d.c",
+        "for (int pass = 0, moved = 1; moved && pass < 64; pass++) {",
+        "for (int pass = 0, moved = 1; moved && pass < 0; pass++) {",
+        ("tests/test_kmeans.py",),
+    ),
+]
+
+
+def copy_repository(dest: Path) -> None:
+    """The files git tracks, the untracked ones it does not ignore, and the built core."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for built in (ROOT / "onnxcompress").glob("_kmeans_native*.so"):
+        shutil.copy2(built, dest / "onnxcompress" / built.name)
+
+
+def build_core(copy: Path) -> Path:
+    """Compile the copy's C core; the interpreter's own suffix is looked up before .abi3.so."""
+    with tempfile.TemporaryDirectory() as build:
+        shutil.copytree(copy / "native", Path(build) / "native")
+        subprocess.run([sys.executable, "native/build_kmeans.py", "."], cwd=build, capture_output=True, check=True)
+        (so,) = Path(build, "onnxcompress").glob("_kmeans_native*.so")
+        target = copy / "onnxcompress" / so.name
+        shutil.copy2(so, target)
+        return target
+
+
+def run_tests(copy: Path, tests: list[str]) -> tuple[str, str]:
+    """('killed', first failing test) or ('survived', '') or ('timeout', '')."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        out = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=RUN_SECONDS)
+    except subprocess.TimeoutExpired:
+        return "timeout", ""
+    if out.returncode == 0:
+        return "survived", ""
+    if out.returncode in (3, 4, 5):  # internal error, bad usage, nothing collected: not a kill
+        return "error", f"pytest exit {out.returncode}: {out.stdout.strip().splitlines()[-1:]}"
+    failed = re.search(r"^(?:FAILED|ERROR) (\S+)", out.stdout, re.MULTILINE)
+    return "killed", failed.group(1) if failed else f"pytest exit {out.returncode}: {out.stdout.strip().splitlines()[-1:]}"
+
+
+def check_copy_is_imported(copy: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import onnxcompress; print(onnxcompress.__file__)"], cwd=copy, env=env, capture_output=True, text=True
+    ).stdout.strip()
+    if not where.startswith(str(copy)):
+        sys.exit(f"mutants: the copy is not what Python imports ({where}); run from a checkout with the package built")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-k", default="", help="only mutants whose name contains this")
+    ap.add_argument("--quick", action="store_true", help="run only each mutant's likely tests")
+    ap.add_argument("--list", action="store_true", help="list the mutants and stop")
+    ap.add_argument("--tests", nargs="+", metavar="PATH", help="run these tests instead of each mutant's likely ones")
+    args = ap.parse_args()
+    chosen = [m for m in MUTANTS if args.k.lower() in m.name.lower()]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}  ({m.path}; first {', '.join(m.tests)})")
+        return 0
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp)
+        copy_repository(copy)
+        check_copy_is_imported(copy)
+        for m in chosen:
+            t0 = time.perf_counter()
+            target = copy / m.path
+            original = target.read_text()
+            if original.count(m.old) != 1:
+                rows.append((m.name, "stale", f"its text occurs {original.count(m.old)} times in {m.path}", 0.0))
+                continue
+            target.write_text(original.replace(m.old, m.new))
+            built = build_core(copy) if m.path.endswith(".c") else None
+            try:
+                first = args.tests or [t for t in m.tests if (copy / t).exists()] or ["tests"]
+                result, by = run_tests(copy, first)
+                if result == "survived":
+                    result, by = ("survived (quick)", "") if args.quick else run_tests(copy, [])
+            finally:
+                target.write_text(original)
+                if built is not None:
+                    built.unlink()
+            rows.append((m.name, result, by, time.perf_counter() - t0))
+            print(f"{result:>16}  {m.name}  {by}  ({rows[-1][3]:.0f} s)", flush=True)
+    print("\n| mutant | result | first failing test | seconds |\n|---|---|---|---|")
+    for name, result, by, seconds in rows:
+        print(f"| {name} | {result} | {by} | {seconds:.0f} |")
+    survivors = [r for r in rows if r[1] != "killed"]
+    print(f"\n{len(rows) - len(survivors)} of {len(rows)} killed" + (f"; not killed: {len(survivors)}" if survivors else ""))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
