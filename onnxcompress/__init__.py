@@ -1,16 +1,10 @@
 """onnxcompress: make ONNX models much smaller, still runnable on stock onnxruntime."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("onnxcompress")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
-
-from .api import Candidate, CompressResult, compare_models, compress, inspect, run_models  # noqa: E402
-from .errors import CompressError, TargetError, VerificationError  # noqa: E402
-from .verify import Comparison, OutputDiff  # noqa: E402
-from .kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans1d_batched  # noqa: E402
+from ._version import __version__
+from .api import Candidate, CompressResult, compare_models, compress, inspect, run_models
+from .errors import CompressError, OnnxCompressError, TargetError, VerificationError
+from .verify import Comparison, OutputDiff
+from .kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans1d_batched
 
 __all__ = [
     "__version__",
@@ -23,6 +17,7 @@ __all__ = [
     "CompressResult",
     "Candidate",
     "OutputDiff",
+    "OnnxCompressError",
     "CompressError",
     "VerificationError",
     "KMeansResult",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from . import __version__
-from .errors import CompressError, TargetError, VerificationError
+from ._version import __version__
+from .errors import OnnxCompressError
 from .options import METRIC_NAMES, SelectOptions, add_arguments, groups_from_args
 from .report import make_console, render_outputs
 
@@ -41,19 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
         return _compress(argv)
-    except CompressError as e:
-        make_console(stderr=True).print(f"[bold red]onnxcompress: error:[/bold red] {e}", highlight=False, soft_wrap=True)
-        return 2
-    except TargetError as e:
-        make_console(stderr=True).print(
-            f"[bold red]onnxcompress: target not met:[/bold red] {e}", highlight=False, soft_wrap=True
-        )
-        return 1
-    except VerificationError as e:
-        make_console(stderr=True).print(
-            f"[bold red]onnxcompress: verification failed:[/bold red] {e}", highlight=False, soft_wrap=True
-        )
-        return 1
+    except OnnxCompressError as e:
+        make_console(stderr=True).print(f"[bold red]onnxcompress: {e.what}:[/bold red] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
 

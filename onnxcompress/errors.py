@@ -1,19 +1,34 @@
-"""The one error type users see: a one-line message naming the problem and what to do."""
+"""What can go wrong, for users: one base class, each kind with its command-line exit code
+and a one-line message naming the problem and what to do."""
 
 
-class CompressError(Exception):
-    """Bad input or an impossible request. The command line prints it as one line and exits 2."""
+class OnnxCompressError(Exception):
+    """Base of every error onnxcompress raises on purpose. The command line prints
+    "onnxcompress: <what>: <message>" as one line and exits with `exit_code`."""
+
+    exit_code = 1
+    what = "error"
+
+
+class CompressError(OnnxCompressError):
+    """Bad input or an impossible request."""
+
+    exit_code = 2
+
+
+class VerificationError(OnnxCompressError):
+    """The compressed model failed to load or run in onnxruntime."""
+
+    what = "verification failed"
+
+
+class TargetError(OnnxCompressError):
+    """A --max-error, --target-size or --ratio target cannot be met."""
+
+    what = "target not met"
 
 
 def first_line(e: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (or its type), cut to `limit` characters."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
-
-
-class VerificationError(Exception):
-    """The compressed model failed to load or run in onnxruntime (exit code 1)."""
-
-
-class TargetError(VerificationError):
-    """A --max-error, --target-size or --ratio target cannot be met (exit code 1)."""

@@ -81,10 +81,6 @@ def as_matrix(array: np.ndarray, kind: str) -> np.ndarray:
     return array.reshape(array.shape[0], -1) if kind == "conv" else array
 
 
-def pair_bytes(rows: int, cols: int, rank: int, itemsize: int) -> int:
-    return rank * (rows + cols) * itemsize
-
-
 def break_even_rank(rows: int, cols: int) -> int:
     """The largest rank whose pair is strictly smaller than the matrix."""
     return max(0, (rows * cols - 1) // (rows + cols))
@@ -96,11 +92,6 @@ def rank_for_energy(singular: np.ndarray, total: float, energy: float) -> int | 
     held = np.cumsum(singular.astype(np.float64) ** 2)
     hit = np.flatnonzero(held >= energy * total * (1 - 1e-12))
     return int(hit[0]) + 1 if hit.size else None
-
-
-def rank_for_error(singular: np.ndarray, total: float, rel_error: float) -> int | None:
-    """The smallest r whose truncation error ||W - W_r|| / ||W|| is at most `rel_error`."""
-    return rank_for_energy(singular, total, 1.0 - rel_error**2)
 
 
 def singular_values(matrix: np.ndarray) -> np.ndarray:

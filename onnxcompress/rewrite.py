@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import __version__
+from ._version import __version__
 from .decode import build_decoder
 from .encode import Codebook
 from .select import WeightSite
@@ -155,29 +155,3 @@ def _set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
     model.metadata_props.extend(keep)
     for key, value in entries.items():
         model.metadata_props.add(key=key, value=value)
-
-
-def substitute_decoded(model: onnx.ModelProto, encoded: list[tuple[WeightSite, Codebook]]) -> onnx.ModelProto:
-    """The original model with each weight replaced by its decoded value: the reference the
-    compressed model must match exactly (used by the tests and the conformance checks)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    values = {site.name: (cb.decoded(), site.onnx_dtype) for site, cb in encoded}
-
-    def tensor(name: str) -> onnx.TensorProto:
-        arr, dtype = values[name]
-        if dtype == onnx.TensorProto.BFLOAT16:
-            bits = (np.asarray(arr, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
-            t = onnx.helper.make_tensor(name, dtype, arr.shape, bits.tobytes(), raw=True)
-            return t
-        return onnx.numpy_helper.from_array(np.asarray(arr).astype(onnx.helper.tensor_dtype_to_np_dtype(dtype)), name)
-
-    for i, init in enumerate(out.graph.initializer):
-        if init.name in values:
-            out.graph.initializer[i].CopyFrom(tensor(init.name))
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output and node.output[0] in values:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    attr.t.CopyFrom(tensor(node.output[0]))
-    return out

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from .api import ModelSource, _calibration_feeds, compress, run_models
-from .errors import CompressError, TargetError, VerificationError
+from .errors import CompressError, OnnxCompressError
 from .load import load_model
 from .options import METHODS, METRIC_NAMES, SelectOptions
 from .plots import outputs_figure, png, weight_error_figure, weight_histogram_figure
@@ -237,7 +237,7 @@ class CompressionExplorer(w.VBox):
         try:
             result = compress(self._source, calibration=self._calibration, progress=self._on_progress, **self.options())
             self.comparison = self._compare_outputs(result.model)
-        except (CompressError, TargetError, VerificationError) as e:
+        except OnnxCompressError as e:
             self.progress.bar_style = "danger"
             self.status.value = _message(str(e), "error")
             return

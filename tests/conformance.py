@@ -27,8 +27,9 @@ from onnx import numpy_helper
 import onnxcompress as oc
 from onnxcompress.methods import encode_weights
 from onnxcompress.options import CodebookOptions, LowRankOptions, SelectOptions
-from onnxcompress.rewrite import substitute_decoded
 from onnxcompress.select import select_weights
+
+from decoded import substitute_decoded
 
 ort.set_default_logger_severity(4)  # the originals onnxruntime rejects are counted, not logged
 

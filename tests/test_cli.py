@@ -292,3 +292,11 @@ def test_demo_accuracy_is_the_written_models(tmp_path, capsys):
 
     assert before == pytest.approx(counted(example_model()), abs=5e-5)
     assert after == pytest.approx(counted(out), abs=5e-5) and after < before - 0.05
+
+
+def test_every_error_shares_one_base_that_carries_its_exit_code():
+    import onnxcompress as oc
+
+    codes = {oc.CompressError: 2, oc.VerificationError: 1, oc.TargetError: 1}
+    assert all(issubclass(kind, oc.OnnxCompressError) and kind.exit_code == code for kind, code in codes.items())
+    assert not issubclass(oc.TargetError, oc.VerificationError)  # a missed target is not a broken model

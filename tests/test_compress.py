@@ -12,9 +12,9 @@ import pytest
 import onnxcompress as oc
 from onnxcompress.encode import encode_codebook
 from onnxcompress.options import CodebookOptions, SelectOptions
-from onnxcompress.rewrite import substitute_decoded
 from onnxcompress.select import select_weights
 
+from decoded import substitute_decoded
 from models import ALL, feed_for, matmul, matmul_chain
 
 

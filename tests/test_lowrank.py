@@ -24,9 +24,9 @@ from onnxcompress.lowrank import (
 )
 from onnxcompress.methods import encode_weights
 from onnxcompress.options import CodebookOptions, LowRankOptions, SelectOptions
-from onnxcompress.rewrite import substitute_decoded
 from onnxcompress.select import select_weights
 
+from decoded import substitute_decoded
 from models import ALL, F, FACTORABLE, conv_with, feed_for, low_rank_weight, make_model
 
 

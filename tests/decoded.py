@@ -1,0 +1,33 @@
+"""The reference a compressed model must match exactly: the original with each compressed
+weight replaced by its decoded value (or a pair's product). Used by the end-to-end tests and
+the conformance sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+
+def substitute_decoded(model: onnx.ModelProto, encoded: list) -> onnx.ModelProto:
+    """`model` with each (site, encoding) pair's weight replaced by encoding.decoded()."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    values = {site.name: (cb.decoded(), site.onnx_dtype) for site, cb in encoded}
+
+    def tensor(name: str) -> onnx.TensorProto:
+        arr, dtype = values[name]
+        if dtype == onnx.TensorProto.BFLOAT16:
+            bits = (np.asarray(arr, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+            t = onnx.helper.make_tensor(name, dtype, arr.shape, bits.tobytes(), raw=True)
+            return t
+        return onnx.numpy_helper.from_array(np.asarray(arr).astype(onnx.helper.tensor_dtype_to_np_dtype(dtype)), name)
+
+    for i, init in enumerate(out.graph.initializer):
+        if init.name in values:
+            out.graph.initializer[i].CopyFrom(tensor(init.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] in values:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    attr.t.CopyFrom(tensor(node.output[0]))
+    return out
