@@ -15,7 +15,7 @@ import onnx.version_converter
 
 from .decode import check_opset
 from .calibrate import calibrate
-from .encode import codebook_size, sse_curve, storage_dtype
+from .encode import per_tensor_widths, sse_curve, storage_dtype
 from .errors import CompressError, VerificationError, first_line
 from .load import LoadedModel, load_model, read_external
 from .lowrank import multiply_adds
@@ -393,11 +393,9 @@ def inspect(model: ModelSource, *, kmeans: str = "auto", **select_options: Any) 
         curve, method = sse_curve(site.array, 256, kmeans)
         total = float(np.sum(site.array.astype(np.float64) ** 2))
         entry = storage_dtype(site.array.dtype, "auto").itemsize  # as compress stores the codebook
-        by_bits = {}
-        for bits in range(1, 9):
-            k = 1 << bits
-            sse = curve[min(k, len(curve)) - 1]
-            error = float(np.sqrt(max(sse, 0.0) / total)) if total else 0.0
-            by_bits[bits] = (codebook_size(site.array.size, bits, 1, k, entry), error)
+        by_bits = {
+            bits: (size, float(np.sqrt(sse / total)) if total else 0.0)
+            for bits, size, sse in per_tensor_widths(site.array.size, curve, entry)
+        }
         out.append(Candidate(site.name, list(site.array.shape), site.consumer_ops, weight_bytes(site), method, by_bits))
     return out, selection

@@ -88,6 +88,22 @@ def codebook_size(n_values: int, bits: int, n_codebooks: int, k: int, itemsize: 
     return (n_values * bits + 7) // 8 + n_codebooks * k * itemsize
 
 
+def per_tensor_widths(n_values: int, curve: np.ndarray, itemsize: int, lowest: int = 1) -> list[tuple[int, int, float]]:
+    """(bits, bytes, SSE) of one codebook per tensor at each width from `lowest` to 8, read off
+    `curve`, the SSE of the best clustering for 1..256 levels (one k-means run gives it all)."""
+    widths = []
+    for bits in range(lowest, 9):
+        k = 1 << bits
+        widths.append((bits, codebook_size(n_values, bits, 1, k, itemsize), max(float(curve[min(k, len(curve)) - 1]), 0.0)))
+    return widths
+
+
+def channel_rows(array: np.ndarray, axis: int, dtype: type | None = None) -> np.ndarray:
+    """One row per channel along `axis`: the array with that axis first, flattened behind it."""
+    axis = axis % array.ndim
+    return np.ascontiguousarray(np.moveaxis(array, axis, 0), dtype=dtype).reshape(array.shape[axis], -1)
+
+
 def use_exact(array: np.ndarray, k: int, method: str) -> bool:
     """--kmeans: exact, binned, or auto (exact for 16-bit weights, whose values fit the core's
     65536 bins, and where the DP's work n * k is small)."""
@@ -141,10 +157,10 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance:
         )
     if options.granularity == "channel":
         axis = axis % array.ndim
-        rows = np.ascontiguousarray(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1)
+        rows = channel_rows(array, axis)
         row_weights = None
         if importance is not None:
-            row_weights = np.ascontiguousarray(np.moveaxis(importance, axis, 0), dtype=np.float32).reshape(rows.shape)
+            row_weights = channel_rows(importance, axis, np.float32)
             _weigh_unweighted_rows(row_weights, np.ones(rows.shape, dtype=bool))
         per_channel = kmeans1d_batched(rows, min(k, rows.shape[1]), row_weights)
         return Codebook(

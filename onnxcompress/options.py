@@ -43,6 +43,14 @@ class SelectOptions:
                     raise CompressError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
 
 
+def _at_most_one(flags: dict[str, object], clash: str) -> None:
+    """A CompressError when more than one of these flags is set; `clash` says why they exclude
+    each other ("--rank and --energy both set the rank; pass only one")."""
+    given = [flag for flag, value in flags.items() if value is not None]
+    if len(given) > 1:
+        raise CompressError(f"{' and '.join(given)} {clash}; pass only one")
+
+
 METHODS = ("codebook", "lowrank", "lowrank+kmeans", "auto")
 METRIC_NAMES = ("rel-l2", "cosine", "max-abs", "top1")
 
@@ -77,11 +85,7 @@ class LowRankOptions:
     )
 
     def validate(self) -> None:
-        given = [
-            f for f, v in (("--rank", self.rank), ("--rank-ratio", self.rank_ratio), ("--energy", self.energy)) if v is not None
-        ]
-        if len(given) > 1:
-            raise CompressError(f"{' and '.join(given)} both set the rank; pass only one")
+        _at_most_one({"--rank": self.rank, "--rank-ratio": self.rank_ratio, "--energy": self.energy}, "both set the rank")
         if self.rank is not None and self.rank < 1:
             raise CompressError(f"--rank must be at least 1; got {self.rank}")
         for flag, value in (("--rank-ratio", self.rank_ratio), ("--energy", self.energy)):
@@ -162,13 +166,7 @@ class PlanOptions:
     )
 
     def validate(self) -> None:
-        given = [
-            f
-            for f, v in (("--max-error", self.max_error), ("--target-size", self.target_size), ("--ratio", self.ratio))
-            if v is not None
-        ]
-        if len(given) > 1:
-            raise CompressError(f"{' and '.join(given)} are two targets; pass only one")
+        _at_most_one({"--max-error": self.max_error, "--target-size": self.target_size, "--ratio": self.ratio}, "are two targets")
         for flag, value, low in (
             ("--max-error", self.max_error, 0.0),
             ("--target-size", self.target_size, 0.0),

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from .compensate import Covariance, compensate, output_distortion
-from .encode import Codebook, codebook_size, encode_codebook, relative_error, storage_dtype
+from .encode import Codebook, channel_rows, codebook_size, encode_codebook, per_tensor_widths, relative_error, storage_dtype
 from .errors import TargetError, VerificationError
 from .kmeans import kmeans1d_batched
 from .lowrank import (
@@ -137,18 +137,12 @@ def tensor_options(
     if _float16_is_an_option(a):
         half = a.astype(np.float16).astype(np.float64)
         options.append(Option(16, "float16", a.size * 2 + DECODER_BYTES, float(np.sum(w * (half - a) ** 2)) / norm))
-    for bits in range(_lowest_bits(site), 9):
-        k = 1 << bits
-        sse = float(curve[min(k, len(curve)) - 1])
-        options.append(Option(bits, "tensor", codebook_size(a.size, bits, 1, k, entry) + DECODER_BYTES, max(sse, 0.0) / norm))
+    for bits, size, sse in per_tensor_widths(a.size, curve, entry, _lowest_bits(site)):
+        options.append(Option(bits, "tensor", size + DECODER_BYTES, sse / norm))
     if per_channel and a.ndim >= 2 and a.size <= CHANNEL_OPTION_LIMIT:
-        axis = site.channel_axis() % a.ndim
-        rows = np.ascontiguousarray(np.moveaxis(a, axis, 0)).reshape(a.shape[axis], -1)
-        rw = None
-        if importance is not None:
-            rw = np.ascontiguousarray(np.moveaxis(np.broadcast_to(importance, a.shape), axis, 0), dtype=np.float32).reshape(
-                rows.shape
-            )
+        axis = site.channel_axis()
+        rows = channel_rows(a, axis)
+        rw = None if importance is None else channel_rows(np.broadcast_to(importance, a.shape), axis, np.float32)
         k_max = min(16, rows.shape[1])
         by_k = kmeans1d_batched(rows, k_max, rw).sse_by_k.sum(axis=0)
         for bits in range(_lowest_bits(site), 5):

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from onnxcompress import compress
 from onnxcompress.cli import _compress_parser
 from onnxcompress.errors import CompressError
 from onnxcompress.options import (
@@ -17,6 +18,8 @@ from onnxcompress.options import (
     groups_from_args,
     groups_from_kwargs,
 )
+
+from models import ALL
 
 
 def test_every_field_is_a_flag_with_the_same_default():
@@ -68,3 +71,16 @@ def test_float_and_optional_flags():
     assert LowRankOptions(rank_ratio=0.25).fixed_rank(10) == 2  # 2.5 rounds to even
     assert LowRankOptions(rank=500).fixed_rank(64) == 64
     assert LowRankOptions().energy_target() == 0.99
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"method": "lowrank", "rank": 4, "energy": 0.9}, "--rank and --energy both set the rank; pass only one"),
+        ({"max_error": 0.01, "ratio": 4.0}, "--max-error and --ratio are two targets; pass only one"),
+        ({"max_error": 0.01, "target_size": 1.0, "ratio": 4.0}, "--max-error and --target-size and --ratio are two targets"),
+    ],
+)
+def test_flags_that_exclude_each_other_are_one_clear_error(options, message):
+    with pytest.raises(CompressError, match=message):
+        compress(ALL["matmul"](), min_elements=64, verify=False, **options)
