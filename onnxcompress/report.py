@@ -81,6 +81,10 @@ class Report:
             rows.append(row + ([_compute_change(r)] if factored else []))
         return header, rows
 
+    def skipped_rows(self) -> tuple[list[str], list[list[str]]]:
+        """The weights left alone and why, as text cells: (header, rows)."""
+        return ["tensor", "shape", "why"], [[s["name"], "x".join(map(str, s["shape"])), s["reason"]] for s in self.skipped]
+
     def render(self, console: Console | None = None) -> None:
         console = console or make_console()
         t = Table(title=f"Compressed tensors ({len(self.tensors)})", title_justify="left")
@@ -107,11 +111,11 @@ class Report:
             )
         if self.skipped:
             s = Table(title=f"Left alone ({len(self.skipped)})", title_justify="left")
-            s.add_column("tensor", overflow="fold")
-            s.add_column("shape")
-            s.add_column("why")
-            for item in self.skipped:
-                s.add_row(item["name"], "x".join(map(str, item["shape"])), item["reason"])
+            header, rows = self.skipped_rows()
+            for col in header:
+                s.add_column(col, overflow="fold" if col == "tensor" else "ellipsis")
+            for row in rows:
+                s.add_row(*row)
             console.print(s)
         render_outputs(self.outputs, console)
         if self.verified_unfolded:
@@ -155,17 +159,26 @@ def _against_eight_bits(plan: dict) -> str:
     return f"; {than} uniform 8 bits ({human(plan['eight_bit_bytes'])})"
 
 
+def output_rows(outputs: list[OutputDiff]) -> tuple[list[str], list[list[str]]]:
+    """The differences per output as text cells: (header, rows), with a top-1 column where an
+    output looks like class scores. The terminal table and the widgets both show it."""
+    top1 = any(d.top1 is not None for d in outputs)
+    header = ["output", "max abs error", "relative L2", "cosine"] + (["top-1 agreement"] if top1 else [])
+    rows = []
+    for d in outputs:
+        row = [d.name, f"{d.max_abs:.3e}", f"{d.rel_l2:.3e}", f"{d.cosine:.6f}"]
+        rows.append(row + (["" if d.top1 is None else f"{d.top1:.2%}"] if top1 else []))
+    return header, rows
+
+
 def render_outputs(outputs: list[OutputDiff], console: Console) -> None:
     if not outputs:
         return
-    has_top1 = any(d.top1 is not None for d in outputs)
     o = Table(title="Outputs, original vs compressed", title_justify="left")
-    for col in ("output", "max abs error", "relative L2", "cosine") + (("top-1 agreement",) if has_top1 else ()):
+    header, rows = output_rows(outputs)
+    for col in header:
         o.add_column(col, justify="left" if col == "output" else "right")
-    for d in outputs:
-        row = [d.name, f"{d.max_abs:.3e}", f"{d.rel_l2:.3e}", f"{d.cosine:.6f}"]
-        if has_top1:
-            row.append("" if d.top1 is None else f"{d.top1:.2%}")
+    for row in rows:
         o.add_row(*row)
     console.print(o)
 

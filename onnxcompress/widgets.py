@@ -22,7 +22,7 @@ from .errors import CompressError, OnnxCompressError
 from .load import load_model
 from .options import METHODS, METRIC_NAMES, SelectOptions
 from .plots import outputs_figure, png, weight_error_figure, weight_histogram_figure
-from .report import Report, human
+from .report import Report, human, output_rows
 from .save import check_output_path, save_model
 from .select import select_weights
 from .verify import Comparison, compare, run, session, synthesize_feed
@@ -75,15 +75,7 @@ class OutputsView(w.VBox):
 
     def show(self, comparison: Comparison) -> None:
         self.comparison = comparison
-        top1 = any(d.top1 is not None for d in comparison.diffs)
-        header = ["output", "max abs error", "relative L2", "cosine"] + (["top-1 agreement"] if top1 else [])
-        rows = []
-        for d in comparison.diffs:
-            row = [d.name, f"{d.max_abs:.3e}", f"{d.rel_l2:.3e}", f"{d.cosine:.6f}"]
-            if top1:
-                row.append("" if d.top1 is None else f"{d.top1:.2%}")
-            rows.append(row)
-        self.table.value = html_table(header, rows)
+        self.table.value = html_table(*output_rows(comparison.diffs))
         names = list(comparison.names)
         if not _choose(self.choice, names, self.choice.value):
             self._draw()
@@ -261,10 +253,9 @@ class CompressionExplorer(w.VBox):
     def _show(self, report: Report) -> None:
         self.summary.value = _summary_html(report, self.comparison)
         header, rows = report.tensor_rows()
-        skipped = [[s["name"], "x".join(map(str, s["shape"])), s["reason"]] for s in report.skipped]
         self.tensor_table.value = html_table(header, rows, numeric_from=5) + (
-            f"<b>Left alone ({len(skipped)})</b>" + html_table(["tensor", "shape", "why"], skipped, numeric_from=9)
-            if skipped
+            f"<b>Left alone ({len(report.skipped)})</b>" + html_table(*report.skipped_rows(), numeric_from=9)
+            if report.skipped
             else ""
         )
         self.figures["weight error"] = weight_error_figure(report)
