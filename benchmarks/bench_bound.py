@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 from harness import compress_checked, model_inputs, session, write_json
 
-import onnxcompress
 from onnxcompress.encode import binned_kmeans
 from onnxcompress.kmeans import kmeans1d
 from onnxcompress.load import load_model

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dtypes import BFLOAT16
 from .encode import relative_error
 from .options import LowRankOptions
 from .select import WeightSite
@@ -57,7 +58,7 @@ class LowRankPair:
 def factor_kind(site: WeightSite) -> tuple[str | None, str]:
     """("matrix" | "conv", "") when every consumer of the weight can be rewritten as a pair,
     else (None, why not)."""
-    if site.array.dtype not in (np.float32, np.float16, np.float64) or site.onnx_dtype == 16:  # 16: BFLOAT16
+    if site.array.dtype not in (np.float32, np.float16, np.float64) or site.onnx_dtype == BFLOAT16:
         return None, "low rank: bfloat16 weights are not factored (no bfloat16 MatMul in onnxruntime)"
     uses = site.consumers
     if any(c.in_subgraph for c in uses):

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from .compensate import Covariance, compensate
+from .dtypes import itemsize
 from .encode import Codebook, encode_codebook, relative_error
 from .lowrank import LowRankPair, as_matrix, break_even_rank, encode_lowrank, factor_kind, truncated_svd
 from .options import CodebookOptions, LowRankOptions
@@ -90,10 +91,7 @@ def assemble(
 
 
 def weight_bytes(site: WeightSite) -> int:
-    itemsize = (
-        2 if site.onnx_dtype == onnx.TensorProto.BFLOAT16 else onnx.helper.tensor_dtype_to_np_dtype(site.onnx_dtype).itemsize
-    )
-    return site.array.size * itemsize
+    return site.array.size * itemsize(site.onnx_dtype)
 
 
 def encode_weights(

@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from ._version import __version__
 from .decode import build_decoder
+from .dtypes import numpy_dtype
 from .encode import Codebook
 from .select import WeightSite
 
@@ -45,7 +46,7 @@ def rewrite_graph(
             node.outputs.clear()
             graph.nodes.remove(node)
         else:
-            out = gs.Variable(site.name, dtype=_np_dtype(site.onnx_dtype), shape=list(site.array.shape))
+            out = gs.Variable(site.name, dtype=numpy_dtype(site.onnx_dtype), shape=list(site.array.shape))
             for old in tensors[site.name]:  # one object, or one per subgraph that reads it
                 old.name = site.name + "::replaced"
                 for consumer in list(old.outputs):
@@ -121,11 +122,6 @@ def _add(out: dict, t: gs.Tensor) -> None:
         same.append(t)
 
 
-def _np_dtype(onnx_dtype: int):
-    try:
-        return onnx.helper.tensor_dtype_to_np_dtype(onnx_dtype) if onnx_dtype != onnx.TensorProto.BFLOAT16 else None
-    except (KeyError, ValueError):
-        return None
 
 
 def _restore_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:

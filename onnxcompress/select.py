@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .dtypes import BFLOAT16, bfloat16_to_float32, file_dtype
 from .load import external_extent
 from .options import SelectOptions
 
@@ -209,19 +210,16 @@ def _values(tensor: onnx.TensorProto, data_dir: Path | None) -> np.ndarray | Cal
     path, shape, onnx_type = data_dir / file, tuple(int(d) for d in tensor.dims), tensor.data_type
 
     def read() -> np.ndarray:  # a read-only map: pages come in as the encoder reads them
-        stored = np.uint16 if onnx_type == onnx.TensorProto.BFLOAT16 else onnx.helper.tensor_dtype_to_np_dtype(onnx_type)
-        mapped = np.asarray(np.memmap(path, dtype=np.dtype(stored).newbyteorder("<"), mode="r", offset=offset, shape=shape))
-        if onnx_type == onnx.TensorProto.BFLOAT16:
-            return (mapped.astype(np.uint32) << 16).view(np.float32)
-        return mapped
+        mapped = np.asarray(np.memmap(path, dtype=file_dtype(onnx_type).newbyteorder("<"), mode="r", offset=offset, shape=shape))
+        return bfloat16_to_float32(mapped) if onnx_type == BFLOAT16 else mapped
 
     return read
 
 
 def _to_array(tensor: onnx.TensorProto) -> np.ndarray:
-    if tensor.data_type == onnx.TensorProto.BFLOAT16:
+    if tensor.data_type == BFLOAT16:
         raw = (
             np.frombuffer(tensor.raw_data, dtype=np.uint16) if tensor.raw_data else np.asarray(tensor.int32_data, dtype=np.uint16)
         )
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(tuple(tensor.dims))
+        return bfloat16_to_float32(raw).reshape(tuple(tensor.dims))
     return numpy_helper.to_array(tensor)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxcompress.dtypes import BFLOAT16, float32_to_bfloat16
+
 
 def substitute_decoded(model: onnx.ModelProto, encoded: list) -> onnx.ModelProto:
     """`model` with each (site, encoding) pair's weight replaced by encoding.decoded()."""
@@ -16,10 +18,8 @@ def substitute_decoded(model: onnx.ModelProto, encoded: list) -> onnx.ModelProto
 
     def tensor(name: str) -> onnx.TensorProto:
         arr, dtype = values[name]
-        if dtype == onnx.TensorProto.BFLOAT16:
-            bits = (np.asarray(arr, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
-            t = onnx.helper.make_tensor(name, dtype, arr.shape, bits.tobytes(), raw=True)
-            return t
+        if dtype == BFLOAT16:
+            return onnx.helper.make_tensor(name, dtype, arr.shape, float32_to_bfloat16(arr).tobytes(), raw=True)
         return onnx.numpy_helper.from_array(np.asarray(arr).astype(onnx.helper.tensor_dtype_to_np_dtype(dtype)), name)
 
     for i, init in enumerate(out.graph.initializer):
