@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .lowrank import multiply_adds
+from .methods import EncodedWeight, weight_bytes
 from .verify import OutputDiff
 
 
@@ -31,6 +33,36 @@ class TensorReport:
     macs_before: int = 0  # multiply-adds per output row or position of its consumers (0 for a Gather)
     macs_after: int = 0
     note: str = ""  # why it took another encoding than asked for
+
+    @classmethod
+    def of(cls, e: EncodedWeight, stored: dict[str, str]) -> TensorReport:
+        """One encoded weight's row; `stored`: how each codebook's indices are stored, by name."""
+        site = e.site
+        first = e.codebook or (e.factors[0][1] if e.factors else None)
+        ops = [c.op_type for c in site.consumers]
+        kind = e.pair.kind if e.pair is not None else "matrix"
+        macs_before = sum(multiply_adds(site.array.shape, kind, op) for op in ops)
+        macs_after = sum(multiply_adds(e.pair, kind, op) for op in ops) if e.pair is not None else macs_before
+        names = [e.site.name] + [f.name for f, _ in e.factors or []]
+        return cls(
+            name=site.name,
+            shape=list(site.array.shape),
+            consumers=site.consumer_ops,
+            encoding=e.encoding,
+            bits=first.bits if first else None,
+            layout=(first.layout if first.layout != "group" else f"group:{first.group_size}") if first else None,
+            method=first.method if first else None,
+            rank=e.pair.rank if e.pair is not None else None,
+            full_rank=e.pair.full_rank if e.pair is not None else None,
+            bytes_before=weight_bytes(site),
+            bytes_after=e.stored_bytes(),
+            rel_error=e.rel_error,
+            indices=",".join(sorted({stored[n] for n in names if n in stored})) or None,
+            macs_before=macs_before,
+            macs_after=macs_after,
+            seconds=e.seconds,
+            note=e.note,
+        )
 
     def describe(self) -> str:
         """How it is stored: 8 tensor, rank 64/384, rank 64/384, 8 tensor, or float16."""

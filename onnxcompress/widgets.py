@@ -17,7 +17,8 @@ import ipywidgets as w
 import numpy as np
 import onnx
 
-from .api import ModelSource, _calibration_feeds, compress, run_models
+from .api import compress, run_models
+from .pipeline import ModelSource, calibration_feeds
 from .errors import CompressError, OnnxCompressError
 from .load import load_model
 from .options import METHODS, METRIC_NAMES, SelectOptions
@@ -106,7 +107,7 @@ class CompressionExplorer(w.VBox):
         self._input_path = loaded.path
         self._original = loaded.model
         self._file_bytes = loaded.file_bytes
-        self._calibration = _calibration_feeds(inputs) if inputs is not None else None
+        self._calibration = calibration_feeds(inputs) if inputs is not None else None
         self._feeds = self._calibration or [synthesize_feed(loaded.model)]
         self._fixed = options
         sess = session(loaded.path if loaded.path is not None else loaded.model, "the model")

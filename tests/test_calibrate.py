@@ -294,12 +294,12 @@ def test_class_weighting_lowers_a_classifier_heads_error_on_fresh_inputs(monkeyp
 def test_the_planner_calibrates_without_class_weights(monkeypatch):
     """Fixed bits weigh a head's classes; a plan does not (it would trust the classes the
     calibration happens to find likely), and calibrate(classes=False) then weighs rows only."""
-    import onnxcompress.api as api
+    import onnxcompress.pipeline as pipeline
     from onnxcompress.calibrate import calibrate
 
     model, feeds = softmax_head(), head_feeds()
     seen = []
-    monkeypatch.setattr(api, "calibrate", lambda *a, **k: seen.append(k["classes"]) or calibrate(*a, **k))
+    monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: seen.append(k["classes"]) or calibrate(*a, **k))
     oc.compress(model, bits=4, min_elements=64, calibration=feeds, verify=False)
     oc.compress(model, max_error=0.05, min_elements=64, calibration=feeds, verify=False)
     assert seen == [True, False]

@@ -268,11 +268,11 @@ def test_codebook_carries_the_curve_of_its_own_run(kmeans):
 def test_large_models_are_verified_without_folding(monkeypatch):
     """Past UNFOLDED_VERIFY_BYTES the compressed model is verified with graph optimizations
     off: the same outputs, without the load-time folding that holds every decoded weight."""
-    import onnxcompress.api as api
+    import onnxcompress.pipeline as pipeline
 
     model = ALL["conv"]()
     folded = oc.compress(model, min_elements=64, bits=4).report
-    monkeypatch.setattr(api, "UNFOLDED_VERIFY_BYTES", 0)
+    monkeypatch.setattr(pipeline, "UNFOLDED_VERIFY_BYTES", 0)
     unfolded = oc.compress(model, min_elements=64, bits=4).report
     assert unfolded.verified and unfolded.verified_unfolded and not folded.verified_unfolded
     assert unfolded.outputs[0].rel_l2 == pytest.approx(folded.outputs[0].rel_l2, rel=1e-5)

@@ -1,0 +1,332 @@
+"""compress() as a sequence of named stages: prepare -> reference outputs -> select ->
+measure inputs (calibrate) -> decide and build (fixed settings or the planner) -> save ->
+report -> verify. Each stage is a function of what the earlier ones produced; api.compress
+reads as that sequence."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.version_converter
+
+from .calibrate import calibrate
+from .compensate import Covariance
+from .decode import check_opset
+from .errors import CompressError, VerificationError, first_line
+from .load import LoadedModel, load_model, read_external
+from .methods import EncodedWeight, assemble, encode_weights
+from .options import (
+    CodebookOptions,
+    LowRankOptions,
+    MethodOptions,
+    PlanOptions,
+    SelectOptions,
+    TargetOptions,
+    VerifyOptions,
+    groups_from_kwargs,
+)
+from .plan import FEATURE_FLOOR, Calibration, make_plan
+from .progress import Progress
+from .report import Report, TensorReport
+from .rewrite import default_opset, record
+from .save import check_output_path, save_model
+from .select import Selection, select_weights
+from .verify import compare, error_of, load_feeds, run, session, synthesize_feed
+
+ModelSource = str | os.PathLike | onnx.ModelProto
+Feeds = list[dict[str, np.ndarray]]
+# Models larger than this are verified with onnxruntime's graph optimizations off (see verify).
+UNFOLDED_VERIFY_BYTES = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """compress()'s keyword arguments, one dataclass per option group (options.py)."""
+
+    select: SelectOptions
+    method: str
+    codebook: CodebookOptions
+    lowrank: LowRankOptions
+    plan: PlanOptions
+    target: TargetOptions
+    verify: VerifyOptions
+    real_inputs: bool  # calibration or --inputs given: sensitivity and compensation can run
+
+    @classmethod
+    def of(cls, options: dict[str, Any], calibration: Any) -> Settings:
+        groups = groups_from_kwargs(options)
+        s = cls(
+            groups[SelectOptions],
+            groups[MethodOptions].method,
+            groups[CodebookOptions],
+            groups[LowRankOptions],
+            groups[PlanOptions],
+            groups[TargetOptions],
+            groups[VerifyOptions],
+            calibration is not None or groups[VerifyOptions].inputs is not None,
+        )
+        if s.plan.active() and s.method != "codebook":
+            raise CompressError("--max-error, --target-size and --ratio plan codebooks per tensor; drop --method")
+        return s
+
+    def streams(self) -> bool:
+        """Codebooks at fixed bits stream a model's external data: each weight is mapped from its
+        file while it is encoded, never all at once. Every other path reads the whole model."""
+        fixed = self.method == "codebook" and not self.plan.active() and self.target.opset is None
+        return fixed and not ((self.plan.sensitivity or self.plan.compensate) and self.real_inputs)
+
+
+@dataclass
+class Prepared:
+    loaded: LoadedModel
+    source: onnx.ModelProto  # the model to rewrite (converted when --opset asks)
+    out_path: Path | None
+    opset: int
+
+
+def prepare(model: ModelSource, output: Any, force: bool, report_json: Any, s: Settings) -> Prepared:
+    """Load, check where the results go, convert the opset if asked, and refuse what cannot
+    work before any of it starts."""
+    loaded = load_model(model, defer_external=s.streams())
+    out_path = Path(output) if output is not None else None
+    if out_path is not None:
+        check_output_path(out_path, loaded.path, force)
+    if report_json is not None and not Path(report_json).parent.is_dir():
+        raise CompressError(f"cannot write the report {report_json}: its folder does not exist; create it first")
+    source = convert_opset(loaded.model, s.target.opset) if s.target.opset is not None else loaded.model
+    _check_method(s.method, s.lowrank)
+    opset = default_opset(source)
+    if s.method != "lowrank" and not s.plan.active():
+        check_opset(s.codebook.bits, s.codebook.granularity.split(":")[0], opset, "the model")
+    return Prepared(loaded, source, out_path, opset)
+
+
+def reference_outputs(p: Prepared, s: Settings, calibration: Any) -> tuple[Feeds, list, list[str]]:
+    """The feeds and the original's outputs on them (none when nothing needs them), and the
+    output names. onnxruntime must run the original, on these inputs, before any work."""
+    sess = _original_session(p.loaded, p.source, s.target.opset is not None)
+    feeds: Feeds = []
+    reference: list = []
+    if s.verify.verify or s.plan.active() or s.real_inputs:
+        if calibration is not None:
+            feeds = calibration_feeds(calibration)
+        else:
+            feeds = load_feeds(s.verify.inputs) if s.verify.inputs else [synthesize_feed(p.source, s.verify.seed)]
+        try:
+            reference = run(sess, feeds, "the original model")
+        except VerificationError as e:
+            hint = "check the --inputs file" if s.real_inputs else "pass --inputs FILE.npz with real inputs, or --no-verify"
+            raise CompressError(f"{e}; {hint}") from None
+    return feeds, reference, [o.name for o in sess.get_outputs()]
+
+
+def select(p: Prepared, s: Settings) -> Selection:
+    selection = select_weights(p.source, s.select, p.loaded.data_dir)
+    read_external(p.loaded, keep={w.name for w in selection.weights})  # the small rest, kept as they are
+    if not selection.weights:
+        raise CompressError(
+            f"nothing to compress: no float weight with at least {s.select.min_elements} values"
+            + (f" ({len(selection.skipped)} left alone, see inspect)" if selection.skipped else "")
+            + "; lower --min-elements or check --include/--exclude"
+        )
+    return selection
+
+
+def measure_inputs(
+    p: Prepared, s: Settings, selection: Selection, feeds: Feeds
+) -> tuple[dict[str, np.ndarray], dict[str, Covariance]]:
+    """Each weight's importances and covariances on real inputs (calibrate.py), when asked."""
+    if not ((s.plan.sensitivity or s.plan.compensate) and s.real_inputs and s.method != "lowrank"):
+        return {}, {}
+    # Not for the planner: weighing a head's classes by the few the calibration finds likely
+    # let it take the OCR model's head to 4-5 bits, which met 0.0076 on the 16 lines it
+    # planned on and measured 0.034-0.045 on 16 others (0.0092 without the weighting). The
+    # planner also floors every feature's mean square (plan.FEATURE_FLOOR), for the same reason.
+    measured = calibrate(
+        p.source,
+        selection.weights,
+        feeds,
+        covariances=s.plan.compensate and s.method == "codebook",
+        classes=not s.plan.active(),
+        floor=FEATURE_FLOOR if s.plan.active() else 0.0,
+    )
+    return (measured.importance if s.plan.sensitivity else {}), measured.covariance
+
+
+@dataclass
+class Built:
+    encoded: list[EncodedWeight]
+    model: onnx.ModelProto
+    stored: dict[str, str]  # how each codebook's indices are stored, by weight name
+    plan: dict | None  # what the planner aimed at and measured; None for fixed settings
+
+
+def decide_and_build(
+    p: Prepared,
+    s: Settings,
+    selection: Selection,
+    inputs: tuple[Feeds, list, list[str]],
+    measured: tuple[dict[str, np.ndarray], dict[str, Covariance]],
+    progress: Progress,
+) -> Built:
+    """Fixed settings or the planner choose and encode each weight; the rewritten model holds
+    the result, recorded in its metadata."""
+    (feeds, reference, names), (importance, covariance) = inputs, measured
+    planned: dict | None = None
+    if s.plan.active():
+        calib = Calibration(feeds, reference, _plan_metric(s.plan.metric, names))
+        encoded, skipped, planned, (model, stored) = make_plan(
+            p.source, selection.weights, importance, s.plan, s.codebook, s.target, calib, p.loaded.file_bytes, progress, covariance
+        )
+    else:
+        encoded, skipped = encode_weights(selection.weights, s.method, s.codebook, s.lowrank, progress, importance, covariance)
+    selection.skipped += skipped
+    read_external(p.loaded, keep={e.site.name for e in encoded})  # those no smaller as codebooks stay as they were
+    if not encoded:
+        hint = "try a lower --energy or --rank, or --method lowrank+kmeans" if s.method == "lowrank" else "try fewer --bits"
+        raise CompressError(f"nothing to compress: no weight gets smaller with these settings; {hint}")
+    if planned is None:
+        model, stored = assemble(p.source, encoded, s.target.ort_version())
+    record(model, "plan" if planned else s.method, {e.site.name: _metadata(e, stored) for e in encoded})
+    return Built(encoded, model, stored, planned)
+
+
+def save(p: Prepared, built: Built) -> int:
+    """Bytes of the result: written atomically where asked, else as it would be."""
+    return save_model(built.model, p.out_path) if p.out_path is not None else built.model.ByteSize()
+
+
+def make_report(p: Prepared, s: Settings, selection: Selection, built: Built, importance: dict, after: int) -> Report:
+    settings = {
+        "method": s.method,
+        **asdict(s.codebook),
+        **asdict(s.lowrank),
+        **asdict(s.select),
+        "target_ort": s.target.target_ort,
+        "opset": p.opset,
+        "sensitivity_weighted": bool(importance),
+        "compensated": sum(1 for e in built.encoded if e.codebook is not None and e.codebook.method.endswith("compensated")),
+        **({"metric": s.plan.metric if isinstance(s.plan.metric, str) else "callable"} if built.plan else {}),
+    }
+    return Report(
+        model=str(p.loaded.path) if p.loaded.path else "<ModelProto>",
+        output=str(p.out_path) if p.out_path else None,
+        settings=settings,
+        plan=built.plan,
+        tensors=[TensorReport.of(e, built.stored) for e in built.encoded],
+        skipped=[{"name": x.name, "shape": list(x.shape), "reason": x.reason} for x in selection.skipped],
+        file_bytes_before=p.loaded.file_bytes,
+        file_bytes_after=after,
+    )
+
+
+def verify(p: Prepared, built: Built, inputs: tuple[Feeds, list, list[str]], report: Report, progress: Progress) -> None:
+    """The compressed model (the written file where there is one) run in onnxruntime on the
+    feeds, its outputs compared with the original's into the report. A result onnxruntime
+    cannot run is never left where a good one is expected."""
+    feeds, reference, names = inputs
+    if callable(progress):
+        progress("verify", 0, 1)
+    # onnxruntime's constant folding keeps every decoded intermediate until its pass ends
+    # (6.5 GiB at load for a 2.4 GB model of nine big weights); unfolded, the same ops
+    # decode one weight at a time as the model runs (1.2 GiB in onnxruntime)
+    report.verified_unfolded = p.loaded.file_bytes > UNFOLDED_VERIFY_BYTES
+    try:
+        target = p.out_path if p.out_path is not None else built.model
+        sess = session(target, "the compressed model", fold=not report.verified_unfolded)
+        report.outputs = compare(names, reference, run(sess, feeds, "the compressed model"))
+    except VerificationError as e:
+        if p.out_path is not None:
+            p.out_path.unlink(missing_ok=True)
+            raise VerificationError(f"{e} (the output was removed; please report this with the model)") from None
+        raise
+    report.verified = True
+    if callable(progress):
+        progress("verify", 1, 1)
+
+
+def centroids(encoded: list[EncodedWeight]) -> dict[str, np.ndarray]:
+    """Each codebook's levels by weight name (a factor's under its own name)."""
+    out = {}
+    for e in encoded:
+        if e.codebook is not None:
+            out[e.site.name] = e.codebook.centroids
+        for factor, cb in e.factors or []:
+            out[factor.name] = cb.centroids
+    return out
+
+
+def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    current = default_opset(model)
+    if opset == current:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model, opset)
+        converted.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)]))
+        onnx.checker.check_model(converted)
+    except Exception as e:  # noqa: BLE001 - the converter raises many types
+        raise CompressError(f"cannot convert the model from opset {current} to {opset}: {first_line(e, 160)}") from None
+    return converted
+
+
+def calibration_feeds(calibration: Any) -> Feeds:
+    """Feeds from an .npz path, one {name: array} or a list of them."""
+    if isinstance(calibration, dict):
+        return [calibration]
+    if isinstance(calibration, list):
+        if not calibration or not all(isinstance(f, dict) for f in calibration):
+            raise CompressError("calibration must be an .npz path, a dict of input arrays, or a non-empty list of such dicts")
+        return calibration
+    return load_feeds(Path(calibration))
+
+
+def _original_session(loaded: LoadedModel, source: onnx.ModelProto, converted: bool):
+    try:
+        if loaded.path is not None and not converted:  # from the file: no re-serialization
+            return session(loaded.path, "the original model")
+        return session(source, "the original model")
+    except VerificationError as e:
+        raise CompressError(f"{e}; the input must run in onnxruntime (try --opset N to convert it)") from None
+
+
+def _plan_metric(metric, names: list[str]):
+    """The planner's measure: the error of a model's outputs against the original's."""
+
+    def measure(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+        if callable(metric):
+            as_dicts = [dict(zip(names, outs, strict=True)) for outs in reference]
+            return float(metric(as_dicts, [dict(zip(names, outs, strict=True)) for outs in candidate]))
+        return error_of(compare(names, reference, candidate), metric)
+
+    return measure
+
+
+def _check_method(method: str, lowrank_o: LowRankOptions) -> None:
+    if method == "auto" and lowrank_o.is_set():
+        raise CompressError(
+            "--method auto sets each rank from the codebook's weight error; drop --rank, --rank-ratio and --energy, "
+            "or use --method lowrank"
+        )
+    if method == "codebook" and lowrank_o.is_set():
+        raise CompressError("--rank, --rank-ratio and --energy apply to low rank; add --method lowrank or lowrank+kmeans")
+
+
+def _metadata(e: EncodedWeight, stored: dict[str, str]) -> dict:
+    def codebook(name: str, cb) -> dict:
+        return {"bits": cb.bits, "layout": cb.layout, "k": cb.k, "indices": stored[name]}
+
+    if e.half is not None:
+        return {"dtype": "float16"}
+    if e.pair is None:
+        assert e.codebook is not None
+        return codebook(e.site.name, e.codebook)
+    entry: dict = {"rank": e.pair.rank, "kind": e.pair.kind}
+    if e.factors:
+        entry["factors"] = {site.name: codebook(site.name, cb) for site, cb in e.factors}
+    return entry
+
