@@ -48,6 +48,8 @@ class CompressResult:
     # each codebook's levels by weight name (a factor's under its own name): [groups, k], one
     # row per tensor, channel or group; small enough to keep, and what a histogram marks
     centroids: dict[str, np.ndarray] = field(default_factory=dict)
+    # both models' outputs on the verification feeds, with keep_outputs=True (for plots)
+    comparison: Comparison | None = None
 
 
 @one_blas_thread()
@@ -59,6 +61,7 @@ def compress(
     report_json: str | os.PathLike | None = None,
     progress: Progress = False,
     calibration: str | os.PathLike | dict | list[dict] | None = None,
+    keep_outputs: bool = False,
     **options: Any,
 ) -> CompressResult:
     """Replace every large float weight of `model` by a k-means codebook and packed indices,
@@ -73,6 +76,9 @@ def compress(
     each a list (one per feed) of {output name: array}. `calibration`: inputs as an .npz path,
     one feed {name: array} or a list of feeds (like `inputs`); they drive the sensitivity
     weighting, the planner's measurements and the verification.
+
+    `keep_outputs`: keep both models' outputs from the verification on the result
+    (`result.comparison`), so that plots need not run the models again.
 
     `progress`: True for a bar on stderr, or a callable(stage, done, total) called after each
     tensor of a stage ("codebooks", "low rank") and around the "verify" stage.
@@ -90,12 +96,11 @@ def compress(
     built = decide_and_build(prepared, s, selection, inputs, measured, progress)
     written = save(prepared, built)
     report = make_report(prepared, s, selection, built, measured[0], written)
-    if s.verify.verify:
-        verify(prepared, built, inputs, report, progress)
+    comparison = verify(prepared, built, inputs, report, progress) if s.verify.verify else None
     report.seconds = time.perf_counter() - t0
     if report_json is not None:
         report.write_json(Path(report_json))
-    return CompressResult(built.model, report, centroids(built.encoded))
+    return CompressResult(built.model, report, centroids(built.encoded), comparison if keep_outputs else None)
 
 
 # -- compare ------------------------------------------------------------------------------------

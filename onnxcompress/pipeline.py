@@ -36,7 +36,7 @@ from .report import Report, TensorReport
 from .rewrite import default_opset, record
 from .save import check_output_path, save_model
 from .select import Selection, select_weights
-from .verify import compare, error_of, load_feeds, run, session, synthesize_feed
+from .verify import Comparison, compare, error_of, load_feeds, run, session, synthesize_feed
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 Feeds = list[dict[str, np.ndarray]]
@@ -225,10 +225,10 @@ def make_report(p: Prepared, s: Settings, selection: Selection, built: Built, im
     )
 
 
-def verify(p: Prepared, built: Built, inputs: tuple[Feeds, list, list[str]], report: Report, progress: Progress) -> None:
+def verify(p: Prepared, built: Built, inputs: tuple[Feeds, list, list[str]], report: Report, progress: Progress) -> Comparison:
     """The compressed model (the written file where there is one) run in onnxruntime on the
-    feeds, its outputs compared with the original's into the report. A result onnxruntime
-    cannot run is never left where a good one is expected."""
+    feeds, its outputs compared with the original's into the report; returns both models'
+    outputs. A result onnxruntime cannot run is never left where a good one is expected."""
     feeds, reference, names = inputs
     if callable(progress):
         progress("verify", 0, 1)
@@ -239,7 +239,8 @@ def verify(p: Prepared, built: Built, inputs: tuple[Feeds, list, list[str]], rep
     try:
         target = p.out_path if p.out_path is not None else built.model
         sess = session(target, "the compressed model", fold=not report.verified_unfolded)
-        report.outputs = compare(names, reference, run(sess, feeds, "the compressed model"))
+        candidate = run(sess, feeds, "the compressed model")
+        report.outputs = compare(names, reference, candidate)
     except VerificationError as e:
         if p.out_path is not None:
             p.out_path.unlink(missing_ok=True)
@@ -248,6 +249,7 @@ def verify(p: Prepared, built: Built, inputs: tuple[Feeds, list, list[str]], rep
     report.verified = True
     if callable(progress):
         progress("verify", 1, 1)
+    return Comparison(names, reference, candidate, report.outputs)
 
 
 def centroids(encoded: list[EncodedWeight]) -> dict[str, np.ndarray]:

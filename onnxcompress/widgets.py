@@ -26,7 +26,7 @@ from .plots import outputs_figure, png, weight_error_figure, weight_histogram_fi
 from .report import Report, human, output_rows
 from .save import check_output_path, save_model
 from .select import select_weights
-from .verify import Comparison, compare, run, session, synthesize_feed
+from .verify import Comparison, session
 
 Feeds = str | os.PathLike | dict | list[dict] | None
 
@@ -108,11 +108,8 @@ class CompressionExplorer(w.VBox):
         self._original = loaded.model
         self._file_bytes = loaded.file_bytes
         self._calibration = calibration_feeds(inputs) if inputs is not None else None
-        self._feeds = self._calibration or [synthesize_feed(loaded.model)]
         self._fixed = options
-        sess = session(loaded.path if loaded.path is not None else loaded.model, "the model")
-        self._names = [o.name for o in sess.get_outputs()]
-        self._reference = run(sess, self._feeds, "the model", self._names)
+        session(loaded.path if loaded.path is not None else loaded.model, "the model")  # fails here, not at the first click
         self._arrays: dict[str, np.ndarray] | None = None  # the original weights, read on first use
         self.result: Any = None  # the latest CompressResult
         self.comparison: Comparison | None = None
@@ -228,8 +225,10 @@ class CompressionExplorer(w.VBox):
         self.status.value = _message("compressing ...")
         started = time.perf_counter()
         try:
-            result = compress(self._source, calibration=self._calibration, progress=self._on_progress, **self.options())
-            self.comparison = self._compare_outputs(result.model)
+            # verified always: the verification's outputs are what the Outputs tab shows
+            options = {**self.options(), "verify": True}
+            result = compress(self._source, calibration=self._calibration, progress=self._on_progress, keep_outputs=True, **options)
+            self.comparison = result.comparison
         except OnnxCompressError as e:
             self.progress.bar_style = "danger"
             self.status.value = _message(str(e), "error")
@@ -246,10 +245,6 @@ class CompressionExplorer(w.VBox):
         self.progress.max = max(total, 1)
         self.progress.value = done
         self.progress.description = stage
-
-    def _compare_outputs(self, model: onnx.ModelProto) -> Comparison:
-        candidate = run(session(model, "the compressed model"), self._feeds, "the compressed model", self._names)
-        return Comparison(self._names, self._reference, candidate, compare(self._names, self._reference, candidate))
 
     def _show(self, report: Report) -> None:
         self.summary.value = _summary_html(report, self.comparison)

@@ -353,3 +353,15 @@ def test_run_models_keeps_both_models_outputs_for_every_feed(tmp_path):
     np.testing.assert_array_equal(compressed, np.concatenate([run(onnx.load(str(out)), f)[0].ravel() for f in feeds]))
     assert both.diffs == oc.compare_models(src, out, inputs=feeds)
     assert both.diffs[0].rel_l2 == pytest.approx(np.linalg.norm(compressed - original) / np.linalg.norm(original), rel=1e-9)
+
+
+def test_keep_outputs_keeps_the_verification_outputs_of_both_models():
+    model = ALL["conv"]()
+    feeds = [feed_for(model, seed) for seed in range(2)]
+    kept = oc.compress(model, bits=3, min_elements=64, calibration=feeds, keep_outputs=True)
+    assert oc.compress(model, bits=3, min_elements=64, calibration=feeds).comparison is None
+    both = kept.comparison
+    assert both is not None and both.diffs == kept.report.outputs
+    for k, feed in enumerate(feeds):
+        np.testing.assert_array_equal(both.original[k][0], run(model, feed)[0])
+        np.testing.assert_array_equal(both.compressed[k][0], run(kept.model, feed)[0])

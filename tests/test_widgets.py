@@ -183,3 +183,16 @@ def test_compare_widget_on_protos_with_several_outputs():
     view.outputs.choice.value = "z"
     assert view.outputs.figure.axes[0].get_title(loc="left").startswith("z:")
     assert "&lt;ModelProto&gt;" in view.sizes.value
+
+
+def test_each_click_runs_each_model_once(explorer, monkeypatch):
+    """The Outputs tab shows the verification's own outputs: per click onnxruntime runs the
+    original once (its reference outputs) and the compressed model once."""
+    import onnxcompress.pipeline as pipeline
+
+    real, runs = pipeline.run, []
+    monkeypatch.setattr(pipeline, "run", lambda sess, feeds, what, *a: runs.append(what) or real(sess, feeds, what, *a))
+    explorer.bits.value = 4
+    explorer.compress_button.click()
+    assert runs == ["the original model", "the compressed model"]
+    assert explorer.comparison is not None and explorer.comparison.diffs == explorer.result.report.outputs
