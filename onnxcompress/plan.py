@@ -1,27 +1,22 @@
-"""The planner: per tensor, how to store it (bits and granularity, float16, or as it is) so
-that the model meets an output-error target with the fewest bytes, or a size with the least
-error.
+"""The planner: per tensor, how to store it (bits and granularity, float16, a low-rank pair, or
+as it is) so that the model meets an output-error target with the fewest bytes, or a size
+with the least error.
 
-Each tensor offers options (as it is; float16; a codebook per tensor at 1..8 bits; per channel
-at 1..4 bits), each with its bytes and its distortion: the sensitivity-weighted SSE of the
-weight over its weighted squared norm, for every bit width from one k-means run (sse_by_k),
-times the tensor's gain (how strongly its distortion reaches the outputs, probed in
-onnxruntime). An equal-slope (Lagrangian) search picks, for a slope lambda, the option
-minimizing bytes + lambda * distortion in every tensor; sweeping lambda gives a ladder of plans
-from "everything at 1 bit" to "nothing compressed", each the least distorted for its size. A
-size target takes the largest plan that fits. An error target is measured: a bisection over
-the ladder runs the candidates in onnxruntime (decoded weights fed to one session) until it
-finds the smallest plan whose measured error meets the target, confirmed on the built model.
+Here each tensor's options get their bytes and distortion: the sensitivity-weighted SSE of
+the weight over its weighted squared norm, for every bit width from one k-means run
+(sse_by_k), times the tensor's gain (how strongly its distortion reaches the outputs, probed in
+onnxruntime). ladder.py decides on those numbers alone (the equal-slope ladder and the searches
+along it); make_plan gives it the function that measures a plan (decoded weights fed to one
+onnxruntime session) and confirms the chosen plan on the built model.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -30,6 +25,7 @@ from .compensate import Covariance, compensate, output_distortion
 from .encode import Codebook, channel_rows, codebook_size, encode_codebook, per_tensor_widths, relative_error, storage_dtype
 from .errors import TargetError, VerificationError
 from .kmeans import kmeans1d_batched
+from .ladder import Option, Plan, PlanTrace, TensorOptions, lower_hull, ladder, search_error, within_size
 from .lowrank import (
     as_matrix,
     break_even_rank,
@@ -52,7 +48,6 @@ from .verify import compare, error_of, run, session
 DECODER_BYTES = 600
 # Per-channel options cost a batched k-means run at k = 16; skipped above this many values.
 CHANNEL_OPTION_LIMIT = 1 << 22
-LADDER_STEPS = 96
 # Added to each input feature's mean square (in units of their mean) in the importances the
 # planner weighs by: from few inputs a feature's mean square is noisy, and one quiet on them
 # may not be quiet elsewhere. Planned on 16 of the OCR model's 32 lines, --max-error 0.01
@@ -75,51 +70,6 @@ class Calibration:
     feeds: list[dict[str, np.ndarray]]
     reference: list[list[np.ndarray]]
     error: Callable[[list[list[np.ndarray]], list[list[np.ndarray]]], float]
-
-
-@dataclass(frozen=True)
-class Option:
-    bits: int | None  # None: leave the tensor alone
-    granularity: str = "tensor"
-    bytes: int = 0
-    distortion: float = 0.0  # weighted SSE / weighted ||W||^2
-
-    @property
-    def label(self) -> str:
-        if self.granularity.startswith("rank"):
-            return self.granularity
-        if self.bits is None or self.granularity == "float16":
-            return "keep" if self.bits is None else "float16"
-        return f"{self.bits} {self.granularity}"
-
-
-@dataclass
-class TensorOptions:
-    site: WeightSite
-    options: list[Option]  # the lower convex hull of (bytes, distortion), fewest bytes first
-
-    def choose(self, slope: float) -> Option:
-        return min(self.options, key=lambda o: o.bytes + slope * o.distortion)
-
-
-@dataclass
-class Plan:
-    choices: dict[str, Option]
-    bytes: int
-    distortion: float
-    measured: float | None = None  # the metric on the calibration inputs, once built
-    slope: float = 0.0  # the Lagrangian slope that picked it
-
-    def compressed(self) -> list[str]:
-        return [name for name, o in self.choices.items() if o.bits is not None]
-
-
-@dataclass
-class PlanTrace:
-    """What the search did, for the report."""
-
-    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (bytes, measured error)
-    seconds: float = 0.0
 
 
 def tensor_options(
@@ -151,7 +101,7 @@ def tensor_options(
                 break
             size = codebook_size(a.size, bits, rows.shape[0], k, entry) + DECODER_BYTES
             options.append(Option(bits, "channel", size, max(float(by_k[k - 1]), 0.0) / norm))
-    return TensorOptions(site, _lower_hull(options))
+    return TensorOptions(site, lower_hull(options))
 
 
 # Ops whose weight input is summed over (a product's reduction averages the rounding errors
@@ -310,156 +260,6 @@ def _sample(feed: dict[str, np.ndarray], bounds: tuple[int, int]) -> dict[str, n
     return feed
 
 
-def _lower_hull(options: list[Option]) -> list[Option]:
-    """The options a Lagrangian can pick: Pareto-efficient and on the convex hull."""
-    pts = sorted(options, key=lambda o: (o.bytes, o.distortion))
-    pareto: list[Option] = []
-    for o in pts:
-        if not pareto or o.distortion < pareto[-1].distortion:
-            pareto.append(o)
-    hull: list[Option] = []
-    for o in pareto:
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # drop b when it lies strictly above the segment a -> o
-            if (b.distortion - a.distortion) * (o.bytes - a.bytes) > (o.distortion - a.distortion) * (b.bytes - a.bytes):
-                hull.pop()
-            else:
-                break
-        hull.append(o)
-    return hull
-
-
-def plan_at(tensors: list[TensorOptions], slope: float) -> Plan:
-    choices = {t.site.name: t.choose(slope) for t in tensors}
-    return Plan(choices, sum(o.bytes for o in choices.values()), sum(o.distortion for o in choices.values()), slope=slope)
-
-
-def ladder(tensors: list[TensorOptions]) -> list[Plan]:
-    """Distinct plans from the smallest to the largest (least distorted), one per slope on a
-    log grid wide enough to reach both ends."""
-    slopes = []
-    for t in tensors:
-        for a, b in zip(t.options, t.options[1:], strict=False):
-            if a.distortion > b.distortion:
-                slopes.append((b.bytes - a.bytes) / (a.distortion - b.distortion))
-    if not slopes:
-        return [plan_at(tensors, 0.0)]
-    lo, hi = min(slopes) / 2, max(slopes) * 2
-    grid = np.exp(np.linspace(math.log(max(lo, 1e-300)), math.log(hi), LADDER_STEPS))
-    plans: list[Plan] = [plan_at(tensors, 0.0)]
-    for s in grid:
-        p = plan_at(tensors, float(s))
-        if p.choices != plans[-1].choices:
-            plans.append(p)
-    return plans
-
-
-def plan_between(tensors: list[TensorOptions], low: Plan, high: Plan, tries: int = 60) -> Plan | None:
-    """A plan at a slope between `low`'s and `high`'s whose choices differ from both, or None
-    when the two are neighbours on the frontier. Bisects the slope in log space and only
-    computes choices (no measuring), so a midpoint that repeats an end just narrows the range:
-    stopping there instead missed every plan in between (10 tensors with 3 options each gave
-    a ladder of 50, 100 and 200 bytes, and a 150-byte budget got 100)."""
-    a, b = low.slope, high.slope
-    for _ in range(tries):
-        mid = math.sqrt(max(a, 1e-300) * b)
-        if not a < mid < b:
-            return None
-        p = plan_at(tensors, mid)
-        if p.choices == low.choices:
-            a = mid
-        elif p.choices == high.choices:
-            b = mid
-        else:
-            return p
-    return None
-
-
-def within_size(tensors: list[TensorOptions], plans: list[Plan], budget: int, steps: int = 8) -> list[Plan]:
-    """The ladder's plans whose estimated bytes fit `budget`, least distorted first, after up to
-    `steps` new plans found between the largest that fits and the smallest that does not: the
-    ladder's grid can jump over many choices at once (on the OCR model from 4.75 to 5.26 MB of
-    weights, where a 5.14 MB plan lay between)."""
-    fitting = [p for p in plans if p.bytes <= budget]
-    over = [p for p in plans if p.bytes > budget]
-    if fitting and over:
-        lo, hi = max(fitting, key=lambda p: p.bytes), min(over, key=lambda p: p.bytes)
-        for _ in range(steps):
-            p = plan_between(tensors, lo, hi)
-            if p is None:
-                break
-            if p.bytes <= budget:
-                fitting.append(p)
-                lo = p
-            else:
-                hi = p
-    return sorted(fitting, key=lambda p: p.distortion)
-
-
-def search_error(
-    plans: list[Plan],
-    target: float,
-    measure: Callable[[Plan], float],
-    trace: PlanTrace,
-    tensors: list[TensorOptions] | None = None,
-    refine: int = 4,
-) -> Plan | None:
-    """The smallest plan on the ladder whose measured error is at most `target` (the measured
-    error falls, not always strictly, as plans grow), then up to `refine` bisection steps on
-    the slope between the last plan that missed and the first that met it (the ladder's grid
-    can jump over many choices at once). None when even the largest plan that compresses
-    anything misses it.
-
-    A plan's distortion predicts its squared error (the gains are measured that way), so each
-    step measures the plan where the prediction, rescaled by the last measured / predicted
-    ratio, crosses the target: on MiniLM the ratio stays within 1.05-1.16 and the search ends
-    in 2-3 runs where bisection took 6. When the ratio moves by more than half from one run to
-    the next (3-10x off, and changing, on the OCR model), the next step bisects instead, and
-    the guesses stop after log2(plans) + 1 of them: never more than about twice bisection's
-    runs."""
-    t0 = time.perf_counter()
-    candidates = [p for p in plans if p.compressed()]
-    best = None
-    lo, hi = 0, len(candidates) - 1  # the smallest plan that meets it is in [lo, hi], if any
-    scale, guided, guesses = 1.0, True, math.log2(max(len(candidates), 1)) + 1
-    while lo <= hi:
-        if guided and guesses > 0:
-            guesses -= 1
-            limit = (target / scale) ** 2
-            pick = next((i for i in range(lo, hi + 1) if candidates[i].distortion <= limit), hi)
-        else:
-            pick = (lo + hi) // 2
-        p = candidates[pick]
-        p.measured = measure(p)
-        trace.evaluations.append((p.bytes, p.measured))
-        if p.distortion > 0 and np.isfinite(p.measured) and p.measured > 0:
-            ratio = p.measured / math.sqrt(p.distortion)
-            guided, scale = 2 / 3 < ratio / scale < 3 / 2, ratio  # guess again only while the ratio holds
-        else:
-            guided = False
-        if p.measured <= target:
-            best, hi = p, pick - 1
-        else:
-            lo = pick + 1
-    missed = candidates[lo - 1] if best is not None and lo > 0 else None
-    for _ in range(refine if tensors and missed is not None and best is not None else 0):
-        assert best is not None and missed is not None and tensors is not None
-        p = plan_between(tensors, missed, best)
-        if p is None:
-            break
-        p.measured = measure(p)
-        trace.evaluations.append((p.bytes, p.measured))
-        if p.measured <= target and p.bytes < best.bytes:
-            best = p
-        elif p.measured > target:
-            missed = p
-        else:
-            break
-    trace.seconds += time.perf_counter() - t0
-    return best
-
-
 def make_plan(
     source: onnx.ModelProto,
     weights: list[WeightSite],
@@ -495,11 +295,11 @@ def make_plan(
         for t, pf in zip(tensors, pair_futures, strict=False):
             pair_opts, pair_encodings = pf.result()
             pairs.update(pair_encodings)
-            t.options = _lower_hull(t.options + pair_opts)
+            t.options = lower_hull(t.options + pair_opts)
     if not low_bits:
         for t in tensors:
             allowed = [o for o in t.options if (o.bits in (None, 8) and o.granularity == "tensor") or o.granularity == "float16"]
-            t.options = _lower_hull(allowed)
+            t.options = lower_hull(allowed)
     try:
         probe: Probe | None = Probe(source, weights)
     except VerificationError:  # a model that cannot take its weights as inputs: build every candidate
@@ -522,7 +322,7 @@ def make_plan(
     for t in tensors:
         g, r = gains.get(t.site.name, 1.0), compensation.get(t.site.name, 1.0)
         t.options = [replace(o, distortion=o.distortion * g * (r if _is_codebook(o) else 1.0)) for o in t.options]
-        t.options = _lower_hull(t.options)
+        t.options = lower_hull(t.options)
     plans = ladder(tensors)
 
     def encodings(plan: Plan) -> list[EncodedWeight]:

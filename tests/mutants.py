@@ -84,14 +84,14 @@ MUTANTS = [
     ),
     Mutant(
         "within_size: no slope bisection",
-        "onnxcompress/plan.py",
+        "onnxcompress/ladder.py",
         "budget: int, steps: int = 8)",
         "budget: int, steps: int = 0)",
         ("tests/test_plan.py",),
     ),
     Mutant(
         "search_error: no refinement",
-        "onnxcompress/plan.py",
+        "onnxcompress/ladder.py",
         "refine: int = 4,",
         "refine: int = 0,",
         ("tests/test_plan.py",),
@@ -177,7 +177,7 @@ MUTANTS = [
     ),
     Mutant(
         "size bisection stops when a midpoint repeats an end",
-        "onnxcompress/plan.py",
+        "onnxcompress/ladder.py",
         "        if p.choices == low.choices:\n            a = mid\n        elif p.choices == high.choices:\n            b = mid\n        else:\n            return p",
         "        return None if p.choices in (low.choices, high.choices) else p",
         ("tests/test_plan.py",),

@@ -14,17 +14,17 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import onnxcompress as oc
-from onnxcompress.plan import (
+from onnxcompress.ladder import (
     Option,
     Plan,
     PlanTrace,
     TensorOptions,
-    _lower_hull,
     ladder,
+    lower_hull,
     search_error,
-    tensor_options,
     within_size,
 )
+from onnxcompress.plan import tensor_options
 from onnxcompress.select import WeightSite
 
 from models import ALL, F, make_model, matmul_chain
@@ -93,7 +93,7 @@ def test_error_search_finds_the_smallest_plan_that_meets_the_target(n, target, b
 @given(st.lists(st.tuples(st.integers(1, 1000), st.floats(0, 1)), min_size=1, max_size=12))
 def test_lower_hull_is_convex_and_pareto(points):
     options = [Option(b, "tensor", size, d) for b, (size, d) in enumerate(points, start=1)]
-    hull = _lower_hull(options)
+    hull = lower_hull(options)
     assert [o.bytes for o in hull] == sorted(o.bytes for o in hull)
     assert all(a.distortion > b.distortion for a, b in itertools.pairwise(hull))
     for a, b, c in zip(hull, hull[1:], hull[2:], strict=False):  # slopes flatten: convex
@@ -121,7 +121,7 @@ def test_ladder_plans_are_optimal_for_their_size(seed, n_tensors):
         sizes = np.sort(rng.integers(10, 1000, size=4))
         dists = np.sort(rng.uniform(0, 1, size=4))[::-1]
         opts = [Option(i + 1, "tensor", int(s), float(d)) for i, (s, d) in enumerate(zip(sizes, dists, strict=True))]
-        tensors.append(TensorOptions(site(f"w{t}"), _lower_hull(opts + [Option(None, bytes=2000, distortion=0.0)])))
+        tensors.append(TensorOptions(site(f"w{t}"), lower_hull(opts + [Option(None, bytes=2000, distortion=0.0)])))
     plans = ladder(tensors)
     assert plans[0].bytes == sum(t.options[0].bytes for t in tensors)  # everything at its smallest
     assert not plans[-1].compressed()  # ... up to everything kept
