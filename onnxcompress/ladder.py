@@ -25,6 +25,11 @@ class Option:
     bytes: int = 0
     distortion: float = 0.0  # weighted SSE / weighted ||W||^2
 
+    def key(self, name: str) -> tuple[str, int | None, str]:
+        """What weight `name` stored this way is, whatever its bytes and distortion: the key
+        its encoding is cached under."""
+        return (name, self.bits, self.granularity)
+
     @property
     def label(self) -> str:
         if self.granularity.startswith("rank"):

@@ -168,8 +168,9 @@ def pair_options(
             candidates.append((8, f"rank {r} + 8 tensor", quantized))
         for bits, label, e in candidates:
             distortion = float(np.sum(weight * (e.decoded() - a) ** 2)) / norm if norm > 0 else 0.0
-            options.append(Option(bits, label, e.stored_bytes() + DECODER_BYTES, distortion))
-            encoded[(site.name, bits, label)] = e
+            option = Option(bits, label, e.stored_bytes() + DECODER_BYTES, distortion)
+            options.append(option)
+            encoded[option.key(site.name)] = e
     return options, encoded
 
 
@@ -318,7 +319,7 @@ def make_plan(
             done = dict(zip(names, pool.map(lambda n: compensate(sites[n].array, eight[n], covariance[n]), names), strict=True))
         compensation = compensation_ratios(weights, eight, done, covariance)
     for w in weights:  # the 8-bit codebooks are plan options too
-        cache[(w.name, 8, "tensor")] = EncodedWeight.of_codebook(w, done.get(w.name, eight[w.name]))
+        cache[Option(8, "tensor").key(w.name)] = EncodedWeight.of_codebook(w, done.get(w.name, eight[w.name]))
     for t in tensors:
         g, r = gains.get(t.site.name, 1.0), compensation.get(t.site.name, 1.0)
         t.options = [replace(o, distortion=o.distortion * g * (r if _is_codebook(o) else 1.0)) for o in t.options]
@@ -327,22 +328,22 @@ def make_plan(
 
     def encodings(plan: Plan) -> list[EncodedWeight]:
         chosen = [(w, plan.choices[w.name]) for w in weights if plan.choices[w.name].bits is not None]
-        todo = [(w, o) for w, o in chosen if (w.name, o.bits, o.granularity) not in cache]
+        todo = [(w, o) for w, o in chosen if o.key(w.name) not in cache]
         for w, o in todo:
             if o.granularity.startswith("rank"):
-                cache[(w.name, o.bits, o.granularity)] = pairs[(w.name, o.bits, o.granularity)]
+                cache[o.key(w.name)] = pairs[o.key(w.name)]
             elif o.granularity == "float16":
                 half = w.array.astype(np.float16)
-                cache[(w.name, o.bits, o.granularity)] = EncodedWeight(
+                cache[o.key(w.name)] = EncodedWeight(
                     w, half=half, rel_error=relative_error(w.array, half.astype(np.float64))
                 )
-        todo = [(w, o) for w, o in todo if (w.name, o.bits, o.granularity) not in cache]
+        todo = [(w, o) for w, o in todo if o.key(w.name) not in cache]
         if todo:
             per = {w.name: replace(codebook_o, bits=o.bits or 8, granularity=o.granularity) for w, o in todo}
             done = encode_codebooks([w for w, _ in todo], per, progress, importance, covariance=covariance)
             for w, o in todo:
-                cache[(w.name, o.bits, o.granularity)] = EncodedWeight.of_codebook(w, done[w.name])
-        return [cache[(w.name, o.bits, o.granularity)] for w, o in chosen]
+                cache[o.key(w.name)] = EncodedWeight.of_codebook(w, done[w.name])
+        return [cache[o.key(w.name)] for w, o in chosen]
 
     last: list = [None, None]  # (choices, (model, stored)) of the latest build: the result is built once
 
