@@ -90,13 +90,13 @@ def compress(
     t0 = time.perf_counter()
     s = Settings.of(options, calibration)
     prepared = prepare(model, output, force, report_json, s)
-    inputs = reference_outputs(prepared, s, calibration)
+    reference = reference_outputs(prepared, s, calibration)
     selection = select(prepared, s)
-    measured = measure_inputs(prepared, s, selection, inputs[0])
-    built = decide_and_build(prepared, s, selection, inputs, measured, progress)
+    measured = measure_inputs(prepared, s, selection, reference)
+    built = decide_and_build(prepared, s, selection, reference, measured, progress)
     written = save(prepared, built)
-    report = make_report(prepared, s, selection, built, measured[0], written)
-    comparison = verify(prepared, built, inputs, report, progress) if s.verify.verify else None
+    report = make_report(prepared, s, selection, built, measured, written)
+    comparison = verify(prepared, built, reference, report, progress) if s.verify.verify else None
     report.seconds = time.perf_counter() - t0
     if report_json is not None:
         report.write_json(Path(report_json))

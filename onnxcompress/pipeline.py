@@ -6,7 +6,7 @@ reads as that sequence."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from .select import Selection, select_weights
 from .verify import Comparison, compare, error_of, load_feeds, run, session, synthesize_feed
 
 ModelSource = str | os.PathLike | onnx.ModelProto
-Feeds = list[dict[str, np.ndarray]]
+FeedList = list[dict[str, np.ndarray]]
 # Models larger than this are verified with onnxruntime's graph optimizations off (see verify).
 UNFOLDED_VERIFY_BYTES = 1_000_000_000
 
@@ -106,11 +106,20 @@ def prepare(model: ModelSource, output: Any, force: bool, report_json: Any, s: S
     return Prepared(loaded, source, out_path, opset)
 
 
-def reference_outputs(p: Prepared, s: Settings, calibration: Any) -> tuple[Feeds, list, list[str]]:
-    """The feeds and the original's outputs on them (none when nothing needs them), and the
-    output names. onnxruntime must run the original, on these inputs, before any work."""
+@dataclass
+class Reference:
+    """The inputs the work is measured on and the original's outputs there (both empty when
+    nothing needs them), with the output names."""
+
+    feeds: FeedList
+    outputs: list[list[np.ndarray]]
+    names: list[str]
+
+
+def reference_outputs(p: Prepared, s: Settings, calibration: Any) -> Reference:
+    """onnxruntime must run the original, on these inputs, before any work."""
     sess = _original_session(p.loaded, p.source, s.target.opset is not None)
-    feeds: Feeds = []
+    feeds: FeedList = []
     reference: list = []
     if s.verify.verify or s.plan.active() or s.real_inputs:
         if calibration is not None:
@@ -122,7 +131,7 @@ def reference_outputs(p: Prepared, s: Settings, calibration: Any) -> tuple[Feeds
         except VerificationError as e:
             hint = "check the --inputs file" if s.real_inputs else "pass --inputs FILE.npz with real inputs, or --no-verify"
             raise CompressError(f"{e}; {hint}") from None
-    return feeds, reference, [o.name for o in sess.get_outputs()]
+    return Reference(feeds, reference, [o.name for o in sess.get_outputs()])
 
 
 def select(p: Prepared, s: Settings) -> Selection:
@@ -137,12 +146,17 @@ def select(p: Prepared, s: Settings) -> Selection:
     return selection
 
 
-def measure_inputs(
-    p: Prepared, s: Settings, selection: Selection, feeds: Feeds
-) -> tuple[dict[str, np.ndarray], dict[str, Covariance]]:
-    """Each weight's importances and covariances on real inputs (calibrate.py), when asked."""
+@dataclass
+class Measured:
+    """What the calibration inputs say about each weight (calibrate.py); empty when not asked."""
+
+    importance: dict[str, np.ndarray] = field(default_factory=dict)
+    covariance: dict[str, Covariance] = field(default_factory=dict)
+
+
+def measure_inputs(p: Prepared, s: Settings, selection: Selection, ref: Reference) -> Measured:
     if not ((s.plan.sensitivity or s.plan.compensate) and s.real_inputs and s.method != "lowrank"):
-        return {}, {}
+        return Measured()
     # Not for the planner: weighing a head's classes by the few the calibration finds likely
     # let it take the OCR model's head to 4-5 bits, which met 0.0076 on the 16 lines it
     # planned on and measured 0.034-0.045 on 16 others (0.0092 without the weighting). The
@@ -150,12 +164,12 @@ def measure_inputs(
     measured = calibrate(
         p.source,
         selection.weights,
-        feeds,
+        ref.feeds,
         covariances=s.plan.compensate and s.method == "codebook",
         classes=not s.plan.active(),
         floor=FEATURE_FLOOR if s.plan.active() else 0.0,
     )
-    return (measured.importance if s.plan.sensitivity else {}), measured.covariance
+    return Measured(measured.importance if s.plan.sensitivity else {}, measured.covariance)
 
 
 @dataclass
@@ -170,16 +184,16 @@ def decide_and_build(
     p: Prepared,
     s: Settings,
     selection: Selection,
-    inputs: tuple[Feeds, list, list[str]],
-    measured: tuple[dict[str, np.ndarray], dict[str, Covariance]],
+    ref: Reference,
+    measured: Measured,
     progress: Progress,
 ) -> Built:
     """Fixed settings or the planner choose and encode each weight; the rewritten model holds
     the result, recorded in its metadata."""
-    (feeds, reference, names), (importance, covariance) = inputs, measured
+    importance, covariance = measured.importance, measured.covariance
     planned: dict | None = None
     if s.plan.active():
-        calib = Calibration(feeds, reference, _plan_metric(s.plan.metric, names))
+        calib = Calibration(ref.feeds, ref.outputs, _plan_metric(s.plan.metric, ref.names))
         encoded, skipped, planned, (model, stored) = make_plan(
             p.source, selection.weights, importance, s.plan, s.codebook, s.target, calib, p.loaded.file_bytes, progress, covariance
         )
@@ -201,7 +215,7 @@ def save(p: Prepared, built: Built) -> int:
     return save_model(built.model, p.out_path) if p.out_path is not None else built.model.ByteSize()
 
 
-def make_report(p: Prepared, s: Settings, selection: Selection, built: Built, importance: dict, after: int) -> Report:
+def make_report(p: Prepared, s: Settings, selection: Selection, built: Built, measured: Measured, after: int) -> Report:
     settings = {
         "method": s.method,
         **asdict(s.codebook),
@@ -209,7 +223,7 @@ def make_report(p: Prepared, s: Settings, selection: Selection, built: Built, im
         **asdict(s.select),
         "target_ort": s.target.target_ort,
         "opset": p.opset,
-        "sensitivity_weighted": bool(importance),
+        "sensitivity_weighted": bool(measured.importance),
         "compensated": sum(1 for e in built.encoded if e.codebook is not None and e.codebook.method.endswith("compensated")),
         **({"metric": s.plan.metric if isinstance(s.plan.metric, str) else "callable"} if built.plan else {}),
     }
@@ -225,11 +239,10 @@ def make_report(p: Prepared, s: Settings, selection: Selection, built: Built, im
     )
 
 
-def verify(p: Prepared, built: Built, inputs: tuple[Feeds, list, list[str]], report: Report, progress: Progress) -> Comparison:
+def verify(p: Prepared, built: Built, ref: Reference, report: Report, progress: Progress) -> Comparison:
     """The compressed model (the written file where there is one) run in onnxruntime on the
     feeds, its outputs compared with the original's into the report; returns both models'
     outputs. A result onnxruntime cannot run is never left where a good one is expected."""
-    feeds, reference, names = inputs
     if callable(progress):
         progress("verify", 0, 1)
     # onnxruntime's constant folding keeps every decoded intermediate until its pass ends
@@ -239,8 +252,8 @@ def verify(p: Prepared, built: Built, inputs: tuple[Feeds, list, list[str]], rep
     try:
         target = p.out_path if p.out_path is not None else built.model
         sess = session(target, "the compressed model", fold=not report.verified_unfolded)
-        candidate = run(sess, feeds, "the compressed model")
-        report.outputs = compare(names, reference, candidate)
+        candidate = run(sess, ref.feeds, "the compressed model")
+        report.outputs = compare(ref.names, ref.outputs, candidate)
     except VerificationError as e:
         if p.out_path is not None:
             p.out_path.unlink(missing_ok=True)
@@ -249,7 +262,7 @@ def verify(p: Prepared, built: Built, inputs: tuple[Feeds, list, list[str]], rep
     report.verified = True
     if callable(progress):
         progress("verify", 1, 1)
-    return Comparison(names, reference, candidate, report.outputs)
+    return Comparison(ref.names, ref.outputs, candidate, report.outputs)
 
 
 def centroids(encoded: list[EncodedWeight]) -> dict[str, np.ndarray]:
@@ -276,7 +289,7 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return converted
 
 
-def calibration_feeds(calibration: Any) -> Feeds:
+def calibration_feeds(calibration: Any) -> FeedList:
     """Feeds from an .npz path, one {name: array} or a list of them."""
     if isinstance(calibration, dict):
         return [calibration]
