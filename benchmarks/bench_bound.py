@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 from harness import compress_checked, model_inputs, session, write_json
 
-from onnxcompress.encode import binned_kmeans
-from onnxcompress.kmeans import kmeans1d
-from onnxcompress.load import load_model
+from onnxcompress.encoding.codebook import binned_kmeans
+from onnxcompress.encoding.kmeans import kmeans1d
+from onnxcompress.io.load import load_model
 from onnxcompress.options import SelectOptions
-from onnxcompress.select import select_weights
-from onnxcompress.verify import compare
+from onnxcompress.io.select import select_weights
+from onnxcompress.runtime.verify import compare
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxcompress.lowrank import RANDOMIZED_MAX_FRACTION, RANDOMIZED_MIN_SIDE, relative_error, truncated_svd
+from onnxcompress.encoding.lowrank import RANDOMIZED_MAX_FRACTION, RANDOMIZED_MIN_SIDE, relative_error, truncated_svd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import write_json  # noqa: E402

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import onnx
 
-from onnxcompress.methods import encode_codebooks
+from onnxcompress.encoding.encoded import encode_codebooks
 from onnxcompress.options import CodebookOptions, SelectOptions
-from onnxcompress.select import select_weights
+from onnxcompress.io.select import select_weights
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")

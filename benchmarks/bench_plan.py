@@ -36,7 +36,7 @@ import numpy as np
 from harness import compress_checked, model_inputs, session, task_result, write_json
 
 import onnxcompress
-from onnxcompress.verify import compare
+from onnxcompress.runtime.verify import compare
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import matmul_nbits_4, quantize_dynamic_int8  # noqa: E402

@@ -35,7 +35,7 @@ import onnxruntime as ort
 from harness import LATENCY_SLICE, compress_checked, latency_ratio, load_cost, model_inputs, session, sliced, task_result, write_json
 
 import onnxcompress
-from onnxcompress.verify import compare
+from onnxcompress.runtime.verify import compare
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")

@@ -3,8 +3,8 @@
 from ._version import __version__
 from .api import Candidate, CompressResult, compare_models, compress, inspect, run_models
 from .errors import CompressError, OnnxCompressError, TargetError, VerificationError
-from .verify import Comparison, OutputDiff
-from .kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans1d_batched
+from .runtime.verify import Comparison, OutputDiff
+from .encoding.kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans1d_batched
 
 __all__ = [
     "__version__",

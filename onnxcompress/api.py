@@ -13,17 +13,18 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .encode import per_tensor_widths, sse_curve, storage_dtype
+from .encoding.codebook import per_tensor_widths, sse_curve, storage_dtype
 from .errors import CompressError, VerificationError
-from .load import load_model
-from .methods import weight_bytes
+from .io.load import load_model
+from .encoding.encoded import weight_bytes
 from .options import SelectOptions
-from .pipeline import (
+from .pipeline.stages import (
     ModelSource,
     Settings,
     calibration_feeds,
     centroids,
-    decide_and_build,
+    build,
+    decide,
     make_report,
     measure_inputs,
     prepare,
@@ -33,10 +34,10 @@ from .pipeline import (
     verify,
 )
 from .progress import Progress
-from .report import Report
-from .select import Selection, select_weights
+from .pipeline.report import Report
+from .io.select import Selection, select_weights
 from .threads import one_blas_thread
-from .verify import Comparison, OutputDiff, compare, run, session, synthesize_feed
+from .runtime.verify import Comparison, OutputDiff, compare, run, session, synthesize_feed
 
 __all__ = ["ModelSource", "CompressResult", "compress", "compare_models", "run_models", "Candidate", "inspect"]
 
@@ -93,7 +94,8 @@ def compress(
     reference = reference_outputs(prepared, s, calibration)
     selection = select(prepared, s)
     measured = measure_inputs(prepared, s, selection, reference)
-    built = decide_and_build(prepared, s, selection, reference, measured, progress)
+    decision = decide(prepared, s, selection, reference, measured, progress)
+    built = build(prepared, s, selection, decision)
     written = save(prepared, built)
     report = make_report(prepared, s, selection, built, measured, written)
     comparison = verify(prepared, built, reference, report, progress) if s.verify.verify else None

@@ -22,7 +22,7 @@ from rich.table import Table
 from ._version import __version__
 from .errors import OnnxCompressError
 from .options import METRIC_NAMES, SelectOptions, add_arguments, groups_from_args
-from .report import make_console, render_outputs
+from .pipeline.report import make_console, render_outputs
 
 EPILOG = """other commands:
   onnxcompress inspect MODEL.onnx   list the candidate weights and what 1..8 bits would give
@@ -129,7 +129,7 @@ def _inspect(argv: list[str]) -> int:
 
 def _compare(argv: list[str]) -> int:
     from .api import compare_models
-    from .verify import error_of
+    from .runtime.verify import error_of
 
     p = argparse.ArgumentParser(
         prog="onnxcompress compare",

@@ -10,7 +10,7 @@ import io
 import numpy as np
 from matplotlib.figure import Figure
 
-from .report import Report
+from .pipeline.report import Report
 
 ENCODING_COLOURS = {"codebook": "#4C72B0", "lowrank": "#DD8452", "lowrank+kmeans": "#55A868", "float16": "#8172B3"}
 MAX_BARS = 40  # past this many tensors the bar chart shows the largest ones

@@ -18,15 +18,15 @@ import numpy as np
 import onnx
 
 from .api import compress, run_models
-from .pipeline import ModelSource, calibration_feeds
+from .pipeline.stages import ModelSource, calibration_feeds
 from .errors import CompressError, OnnxCompressError
-from .load import load_model
+from .io.load import load_model
 from .options import METHODS, METRIC_NAMES, SelectOptions
 from .plots import outputs_figure, png, weight_error_figure, weight_histogram_figure
-from .report import Report, human, output_rows
-from .save import check_output_path, save_model
-from .select import select_weights
-from .verify import Comparison, session
+from .pipeline.report import Report, human, output_rows
+from .io.save import check_output_path, save_model
+from .io.select import select_weights
+from .runtime.verify import Comparison, session
 
 Feeds = str | os.PathLike | dict | list[dict] | None
 

@@ -25,11 +25,10 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 import onnxcompress as oc
-from onnxcompress.methods import encode_weights
 from onnxcompress.options import CodebookOptions, LowRankOptions, SelectOptions
-from onnxcompress.select import select_weights
+from onnxcompress.io.select import select_weights
 
-from decoded import substitute_decoded
+from decoded import encoded_weights, substitute_decoded
 
 ort.set_default_logger_severity(4)  # the originals onnxruntime rejects are counted, not logged
 
@@ -124,7 +123,7 @@ def decoded_reference(model: onnx.ModelProto, method: str, options: dict) -> onn
     low = LowRankOptions(rank=options.get("rank")) if method == "lowrank" else LowRankOptions()
     cb = CodebookOptions(**{k: v for k, v in options.items() if k in ("bits", "granularity")})
     sel = select_weights(model, SelectOptions(min_elements=MIN_ELEMENTS))
-    encoded, _ = encode_weights(sel.weights, method, cb, low)
+    encoded = encoded_weights(sel.weights, method, cb, low)
     return substitute_decoded(model, [(e.site, e) for e in encoded])
 
 

@@ -31,3 +31,15 @@ def substitute_decoded(model: onnx.ModelProto, encoded: list) -> onnx.ModelProto
                 if attr.name == "value":
                     attr.t.CopyFrom(tensor(node.output[0]))
     return out
+
+
+def encoded_weights(weights: list, method: str, codebook_o, lowrank_o) -> list:
+    """The encodings fixed settings choose for `weights` (the kept ones left out), as the
+    builder receives them."""
+    from onnxcompress.encoding.encoded import Encoder
+    from onnxcompress.planning.fixed import decide_fixed
+
+    encoder = Encoder(codebook_o, lowrank_o)
+    recipe = decide_fixed(weights, method, codebook_o, lowrank_o, encoder)
+    sites = {w.name: w for w in weights}
+    return encoder.encode([(sites[name], c) for name, c in recipe.encoded().items()])

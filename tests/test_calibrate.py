@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxcompress as oc
-from onnxcompress.calibrate import calibrate, importances
-from onnxcompress.encode import encode_codebook
+from onnxcompress.runtime.calibrate import calibrate, importances
+from onnxcompress.encoding.codebook import encode_codebook
 from onnxcompress.options import CodebookOptions, SelectOptions
-from onnxcompress.select import select_weights
+from onnxcompress.io.select import select_weights
 
 from models import ALL, F, conv_with, gemm_full, make_model, weight
 
@@ -248,7 +248,7 @@ def head_feeds(seed: int = 0, n: int = 200) -> list[dict[str, np.ndarray]]:
 
 
 def test_a_softmax_head_weighs_its_classes_by_their_mean_square_probability():
-    from onnxcompress.calibrate import UNLIKELY_CLASS_FLOOR
+    from onnxcompress.runtime.calibrate import UNLIKELY_CLASS_FLOOR
 
     model = softmax_head()
     feeds = head_feeds()
@@ -274,7 +274,7 @@ def test_classes_are_not_weighed_unless_the_softmax_alone_reads_the_columns(case
 def test_class_weighting_lowers_a_classifier_heads_error_on_fresh_inputs(monkeypatch):
     """At 3 bits, weighting the head's classes cuts the probabilities' error by a third or more
     (1.7x here), on inputs calibration did not see."""
-    import onnxcompress.calibrate as calibrate
+    import onnxcompress.runtime.calibrate as calibrate
 
     model, feeds, fresh = softmax_head(classes=600), head_feeds(0, 400), head_feeds(1, 400)
 
@@ -294,8 +294,8 @@ def test_class_weighting_lowers_a_classifier_heads_error_on_fresh_inputs(monkeyp
 def test_the_planner_calibrates_without_class_weights(monkeypatch):
     """Fixed bits weigh a head's classes; a plan does not (it would trust the classes the
     calibration happens to find likely), and calibrate(classes=False) then weighs rows only."""
-    import onnxcompress.pipeline as pipeline
-    from onnxcompress.calibrate import calibrate
+    import onnxcompress.pipeline.stages as pipeline
+    from onnxcompress.runtime.calibrate import calibrate
 
     model, feeds = softmax_head(), head_feeds()
     seen = []

@@ -175,7 +175,7 @@ def test_bits_out_of_range_is_an_argparse_error(model_path, capsys):
 
 
 def test_broken_result_exits_1_and_is_removed(tmp_path, capsys, model_path, monkeypatch):
-    import onnxcompress.pipeline as c
+    import onnxcompress.pipeline.build as c
 
     real = c.assemble
 

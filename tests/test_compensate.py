@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 import onnxcompress as oc
-import onnxcompress.compensate as comp
-from onnxcompress.calibrate import calibrate
-from onnxcompress.compensate import Covariance, compensate, output_distortion
-from onnxcompress.encode import encode_codebook
+import onnxcompress.encoding.compensate as comp
+from onnxcompress.runtime.calibrate import calibrate
+from onnxcompress.encoding.compensate import Covariance, compensate, output_distortion
+from onnxcompress.encoding.codebook import encode_codebook
 from onnxcompress.options import CodebookOptions, SelectOptions
-from onnxcompress.select import select_weights
+from onnxcompress.io.select import select_weights
 
 from models import ALL, conv_with, gemm_full, make_model, matmul_3d, matmul_chain, matmul_left
 
@@ -266,7 +266,7 @@ def test_every_level_pairing_is_covered_by_the_oracle_helper():
 
 @pytest.mark.parametrize("name", [n for n in CONSUMERS if n.startswith("conv")])
 def test_patches_gathered_a_few_rows_at_a_time_give_the_same_covariance(name, monkeypatch):
-    import onnxcompress.calibrate as cal
+    import onnxcompress.runtime.calibrate as cal
 
     build, make_feed = CONSUMERS[name]
     model = build()

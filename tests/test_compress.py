@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 
 import onnxcompress as oc
-from onnxcompress.encode import encode_codebook
+from onnxcompress.encoding.codebook import encode_codebook
 from onnxcompress.options import CodebookOptions, SelectOptions
-from onnxcompress.select import select_weights
+from onnxcompress.io.select import select_weights
 
 from decoded import substitute_decoded
 from models import ALL, feed_for, matmul, matmul_chain
@@ -230,8 +230,8 @@ def test_scalar_inputs_are_synthesized_as_arrays():
 def test_binned_path_works_in_chunks_with_the_same_result(monkeypatch):
     """The binned k-means and the weight error go through a weight CHUNK values at a time (a
     weight mapped from its file is never copied whole); the chunk size changes nothing."""
-    import onnxcompress.encode as encode
-    from onnxcompress.encode import codebook_error, relative_error
+    import onnxcompress.encoding.codebook as encode
+    from onnxcompress.encoding.codebook import codebook_error, relative_error
 
     x = np.random.default_rng(3).standard_t(4, size=(300, 170)).astype(np.float32)
     opts = CodebookOptions(bits=5, kmeans="binned")
@@ -248,7 +248,7 @@ def test_binned_path_works_in_chunks_with_the_same_result(monkeypatch):
 def test_codebook_carries_the_curve_of_its_own_run(kmeans):
     """A per-tensor codebook's sse_by_k is sse_curve's (the planner reads its options from
     it), and its entry at k is what that codebook's clustering really costs."""
-    from onnxcompress.encode import sse_curve
+    from onnxcompress.encoding.codebook import sse_curve
 
     rng = np.random.default_rng(5)
     x = rng.standard_t(5, size=(120, 90)).astype(np.float32)
@@ -268,7 +268,7 @@ def test_codebook_carries_the_curve_of_its_own_run(kmeans):
 def test_large_models_are_verified_without_folding(monkeypatch):
     """Past UNFOLDED_VERIFY_BYTES the compressed model is verified with graph optimizations
     off: the same outputs, without the load-time folding that holds every decoded weight."""
-    import onnxcompress.pipeline as pipeline
+    import onnxcompress.pipeline.stages as pipeline
 
     model = ALL["conv"]()
     folded = oc.compress(model, min_elements=64, bits=4).report

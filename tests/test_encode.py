@@ -7,7 +7,7 @@ import kmeans1d
 import numpy as np
 import pytest
 
-from onnxcompress.encode import binned_kmeans
+from onnxcompress.encoding.codebook import binned_kmeans
 
 PROMISED_EXCESS = 1e-4  # relative SSE above the optimum, from --kmeans's help
 

@@ -68,7 +68,7 @@ def test_unknown_domain_opset(tmp_path, capsys):
 
 def test_unwritable_output_folder(tmp_path, capsys, monkeypatch):
     path = save(ALL["matmul"](), tmp_path)
-    import onnxcompress.save as s
+    import onnxcompress.io.save as s
 
     def refuse(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
@@ -81,7 +81,7 @@ def test_disk_full_midway_leaves_nothing_and_keeps_the_old_output(tmp_path, caps
     path = save(ALL["matmul"](), tmp_path)
     old = tmp_path / "out.onnx"
     old.write_bytes(b"the previous result")
-    import onnxcompress.save as s
+    import onnxcompress.io.save as s
 
     def half_then_full(model, target, *a, **k):
         with open(target, "wb") as f:

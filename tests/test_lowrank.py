@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import onnxcompress as oc
-from onnxcompress.lowrank import (
+from onnxcompress.encoding.lowrank import (
     singular_values,
     break_even_rank,
     encode_lowrank,
@@ -22,11 +22,10 @@ from onnxcompress.lowrank import (
     rank_for_energy,
     truncated_svd,
 )
-from onnxcompress.methods import encode_weights
 from onnxcompress.options import CodebookOptions, LowRankOptions, SelectOptions
-from onnxcompress.select import select_weights
+from onnxcompress.io.select import select_weights
 
-from decoded import substitute_decoded
+from decoded import encoded_weights, substitute_decoded
 from models import ALL, F, FACTORABLE, conv_with, feed_for, low_rank_weight, make_model
 
 
@@ -40,7 +39,7 @@ def reference(model, method, **options):
     opts = {"rank": None, "rank_ratio": None, "energy": None, "svd": "auto"}
     low = LowRankOptions(**{k: options.pop(k, v) for k, v in opts.items()})
     sel = select_weights(model, SelectOptions(min_elements=64))
-    encoded, _ = encode_weights(sel.weights, method, CodebookOptions(**options), low)
+    encoded = encoded_weights(sel.weights, method, CodebookOptions(**options), low)
     return substitute_decoded(model, [(e.site, e) for e in encoded])
 
 

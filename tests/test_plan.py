@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import onnxcompress as oc
-from onnxcompress.ladder import (
+from onnxcompress.planning.ladder import (
     Option,
     Plan,
     PlanTrace,
@@ -24,8 +24,9 @@ from onnxcompress.ladder import (
     search_error,
     within_size,
 )
-from onnxcompress.plan import tensor_options
-from onnxcompress.select import WeightSite
+from onnxcompress.planning.candidates import tensor_options
+from onnxcompress.recipe import AsCodebook, Keep
+from onnxcompress.io.select import WeightSite
 
 from models import ALL, F, make_model, matmul_chain
 
@@ -36,7 +37,7 @@ def site(name: str, shape=(64, 32), seed=0) -> WeightSite:
 
 
 def options_of(s: WeightSite, importance=None):
-    from onnxcompress.encode import encode_codebook
+    from onnxcompress.encoding.codebook import encode_codebook
     from onnxcompress.options import CodebookOptions
 
     curve = encode_codebook(s.array, CodebookOptions(bits=8), importance=importance).sse_by_k
@@ -46,17 +47,17 @@ def options_of(s: WeightSite, importance=None):
 def test_options_cover_every_bit_width_and_shrink_with_bits():
     s = site("W", (256, 128))
     opts = options_of(s)
-    assert opts.options[-1].bits is None and opts.options[-1].distortion == 0  # keep: the largest
+    assert isinstance(opts.options[-1].choice, Keep) and opts.options[-1].distortion == 0  # keep: the largest
     sizes = [o.bytes for o in opts.options]
     dists = [o.distortion for o in opts.options]
     assert sizes == sorted(sizes) and dists == sorted(dists, reverse=True)
-    tensor = [o for o in opts.options if o.granularity == "tensor" and o.bits]
+    tensor = [o for o in opts.options if isinstance(o.choice, AsCodebook) and o.choice.layout == "tensor"]
     assert tensor, "the hull keeps per-tensor options"
     # distortion of 8 bits per tensor matches an actual encoding's relative weighted error
-    from onnxcompress.encode import encode_codebook
+    from onnxcompress.encoding.codebook import encode_codebook
     from onnxcompress.options import CodebookOptions
 
-    eight = next(o for o in opts.options if o.bits == 8 and o.granularity == "tensor")
+    eight = next(o for o in opts.options if o.choice == AsCodebook(8, "tensor"))
     cb = encode_codebook(s.array, CodebookOptions(bits=8, kmeans="exact"))
     assert eight.distortion == pytest.approx(cb.rel_error**2, rel=1e-3)
 
@@ -72,7 +73,7 @@ def test_error_search_finds_the_smallest_plan_that_meets_the_target(n, target, b
     rng = np.random.default_rng(seed)
     predicted = np.sort(rng.uniform(1e-4, 1.0, n))[::-1]  # plans grow: errors fall
     measured = bias * predicted**curvature
-    plans = [Plan({"w": Option(1, bytes=i + 1)}, i + 1, float(p * p)) for i, p in enumerate(predicted)]
+    plans = [Plan({"w": Option(AsCodebook(1), bytes=i + 1)}, i + 1, float(p * p)) for i, p in enumerate(predicted)]
     runs = []
 
     def measure(p: Plan) -> float:
@@ -92,7 +93,7 @@ def test_error_search_finds_the_smallest_plan_that_meets_the_target(n, target, b
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 1000), st.floats(0, 1)), min_size=1, max_size=12))
 def test_lower_hull_is_convex_and_pareto(points):
-    options = [Option(b, "tensor", size, d) for b, (size, d) in enumerate(points, start=1)]
+    options = [Option(AsCodebook(b), size, d) for b, (size, d) in enumerate(points, start=1)]
     hull = lower_hull(options)
     assert [o.bytes for o in hull] == sorted(o.bytes for o in hull)
     assert all(a.distortion > b.distortion for a, b in itertools.pairwise(hull))
@@ -120,8 +121,8 @@ def test_ladder_plans_are_optimal_for_their_size(seed, n_tensors):
     for t in range(n_tensors):
         sizes = np.sort(rng.integers(10, 1000, size=4))
         dists = np.sort(rng.uniform(0, 1, size=4))[::-1]
-        opts = [Option(i + 1, "tensor", int(s), float(d)) for i, (s, d) in enumerate(zip(sizes, dists, strict=True))]
-        tensors.append(TensorOptions(site(f"w{t}"), lower_hull(opts + [Option(None, bytes=2000, distortion=0.0)])))
+        opts = [Option(AsCodebook(i + 1), int(s), float(d)) for i, (s, d) in enumerate(zip(sizes, dists, strict=True))]
+        tensors.append(TensorOptions(site(f"w{t}"), lower_hull(opts + [Option(Keep(), bytes=2000, distortion=0.0)])))
     plans = ladder(tensors)
     assert plans[0].bytes == sum(t.options[0].bytes for t in tensors)  # everything at its smallest
     assert not plans[-1].compressed()  # ... up to everything kept
@@ -141,7 +142,7 @@ def ten_close_tensors() -> list[TensorOptions]:
     """Ten tensors whose 1-bit -> 2-bit slopes all lie within 0.3% of each other: the ladder's
     grid steps over all ten at once (50 -> 100 bytes), so only bisection finds the plans between."""
     return [
-        TensorOptions(site(f"w{i}", (4, 4)), [Option(1, "tensor", 5, 4.0), Option(2, "tensor", 10, 1 + 0.001 * i), Option(None, bytes=20, distortion=0.0)])
+        TensorOptions(site(f"w{i}", (4, 4)), [Option(AsCodebook(1), 5, 4.0), Option(AsCodebook(2), 10, 1 + 0.001 * i), Option(Keep(), bytes=20, distortion=0.0)])
         for i in range(10)
     ]
 

@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxcompress as oc
-import onnxcompress.save as save_module
-from onnxcompress.verify import synthesize_feed
+import onnxcompress.io.save as save_module
+from onnxcompress.runtime.verify import synthesize_feed
 
 from models import ALL, feed_for, make_model
 

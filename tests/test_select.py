@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxcompress.options import SelectOptions
-from onnxcompress.select import select_weights
+from onnxcompress.io.select import select_weights
 
 from models import F, make_model, matmul_chain, weight
 

@@ -9,7 +9,7 @@ import pytest
 from onnx import helper
 
 import onnxcompress as oc
-import onnxcompress.plan as plan_module
+import onnxcompress.planning.plan as plan_module
 
 from models import F, make_model
 from oracles import ort_outputs, rel_l2

@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from onnxcompress.errors import CompressError, VerificationError
-from onnxcompress.verify import _BLOCK, OutputDiff, compare, error_of, load_feeds
+from onnxcompress.runtime.verify import _BLOCK, OutputDiff, compare, error_of, load_feeds
 
 
 def oracle(reference, candidate, j):

@@ -188,7 +188,7 @@ def test_compare_widget_on_protos_with_several_outputs():
 def test_each_click_runs_each_model_once(explorer, monkeypatch):
     """The Outputs tab shows the verification's own outputs: per click onnxruntime runs the
     original once (its reference outputs) and the compressed model once."""
-    import onnxcompress.pipeline as pipeline
+    import onnxcompress.pipeline.stages as pipeline
 
     real, runs = pipeline.run, []
     monkeypatch.setattr(pipeline, "run", lambda sess, feeds, what, *a: runs.append(what) or real(sess, feeds, what, *a))

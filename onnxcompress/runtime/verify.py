@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import CompressError, VerificationError, first_line
-from .options import METRIC_NAMES
+from ..errors import CompressError, VerificationError, first_line
+from ..options import METRIC_NAMES
 
 
 @dataclass

@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ._version import __version__
+from .._version import __version__
 from .decode import build_decoder
-from .dtypes import numpy_dtype
-from .encode import Codebook
-from .select import WeightSite
+from ..dtypes import numpy_dtype
+from ..encoding.codebook import Codebook
+from ..io.select import WeightSite
 
 
 def default_opset(model: onnx.ModelProto) -> int:

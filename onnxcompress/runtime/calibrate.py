@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .compensate import Covariance, as_rows
-from .select import WeightSite
+from ..encoding.compensate import Covariance, as_rows
+from ..io.select import WeightSite
 from .verify import run, session
 
 UNSEEN_ROW_FLOOR = 0.1  # an embedding row never looked up weighs this much of the mean row

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._kmeans_native import ffi, lib
+from .._kmeans_native import ffi, lib
 
 __all__ = ["KMeansResult", "BatchedKMeansResult", "kmeans1d", "kmeans1d_batched", "MAX_K"]
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dtypes import BFLOAT16
-from .encode import relative_error
-from .options import LowRankOptions
-from .select import WeightSite
+from ..dtypes import BFLOAT16
+from .codebook import relative_error
+from ..options import LowRankOptions
+from ..io.select import Consumer, WeightSite
 
 # Which consumers a pair can replace, and how the weight is read there.
 MATRIX_CONSUMERS = {("MatMul", 0), ("MatMul", 1), ("Gemm", 1), ("Gather", 0)}
@@ -188,3 +188,38 @@ def multiply_adds(pair_or_shape: LowRankPair | tuple[int, ...], kind: str, op: s
         return r * cols if op == "Gather" else r * (rows + cols)
     shape = pair_or_shape
     return 0 if op == "Gather" else int(np.prod(shape))
+
+
+LEFT, RIGHT = "::lowrank_left", "::lowrank_right"
+
+
+def factor_arrays(pair: LowRankPair) -> tuple[np.ndarray, np.ndarray]:
+    """The factors in the shapes the rewritten graph reads them."""
+    if pair.kind == "conv":
+        spatial = len(pair.shape) - 2
+        right = pair.right.reshape((pair.rank, *pair.shape[1:]))
+        left = pair.left.reshape((pair.shape[0], pair.rank, *([1] * spatial)))
+        return left, right
+    return pair.left, pair.right
+
+
+def factor_sites(site: WeightSite, pair: LowRankPair) -> list[WeightSite]:
+    """The two factors as weights of the rewritten graph, with the consumers they will have
+    there (so a codebook per channel finds each factor's output axis)."""
+    left_uses: list[Consumer] = []
+    right_uses: list[Consumer] = []
+    for c in site.consumers:
+        if c.op_type == "Gather":
+            left_uses.append(Consumer("Gather", 0, False))
+            right_uses.append(Consumer("MatMul", 1, False))
+        elif c.op_type == "Gemm":
+            left_uses.append(Consumer("Gemm", 1, False, c.trans_b))
+            right_uses.append(Consumer("Gemm", 1, False, c.trans_b))
+        else:  # MatMul on either side, Conv: each factor sits where the weight sat
+            left_uses.append(Consumer(c.op_type, c.input_index, False))
+            right_uses.append(Consumer(c.op_type, c.input_index, False))
+    left, right = factor_arrays(pair)
+    return [
+        WeightSite(site.name + LEFT, left, site.onnx_dtype, "initializer", left_uses),
+        WeightSite(site.name + RIGHT, right, site.onnx_dtype, "initializer", right_uses),
+    ]

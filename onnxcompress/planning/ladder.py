@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .select import WeightSite
+from ..recipe import Choice, Keep, Recipe, describe
+from ..io.select import WeightSite
 
 # Slopes on the ladder's log grid; the searches bisect between its plans where it jumps.
 LADDER_STEPS = 96
@@ -20,23 +21,17 @@ LADDER_STEPS = 96
 
 @dataclass(frozen=True)
 class Option:
-    bits: int | None  # None: leave the tensor alone
-    granularity: str = "tensor"
+    choice: Choice
     bytes: int = 0
     distortion: float = 0.0  # weighted SSE / weighted ||W||^2
 
-    def key(self, name: str) -> tuple[str, int | None, str]:
-        """What weight `name` stored this way is, whatever its bytes and distortion: the key
-        its encoding is cached under."""
-        return (name, self.bits, self.granularity)
+    def key(self, name: str) -> tuple[str, Choice]:
+        """What weight `name` stored this way is, whatever its bytes and distortion."""
+        return (name, self.choice)
 
     @property
     def label(self) -> str:
-        if self.granularity.startswith("rank"):
-            return self.granularity
-        if self.bits is None or self.granularity == "float16":
-            return "keep" if self.bits is None else "float16"
-        return f"{self.bits} {self.granularity}"
+        return describe(self.choice)
 
 
 @dataclass
@@ -57,7 +52,10 @@ class Plan:
     slope: float = 0.0  # the Lagrangian slope that picked it
 
     def compressed(self) -> list[str]:
-        return [name for name, o in self.choices.items() if o.bits is not None]
+        return [name for name, o in self.choices.items() if not isinstance(o.choice, Keep)]
+
+    def recipe(self) -> Recipe:
+        return Recipe({name: o.choice for name, o in self.choices.items()})
 
 
 @dataclass

@@ -17,8 +17,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from .encode import Codebook
-from .errors import CompressError
+from ..encoding.codebook import Codebook
+from ..errors import CompressError
 
 PLANE_WIDTHS = (4, 2, 1)
 # Native sub-byte index types (bits -> element type, first opset): one Cast replaces the

@@ -9,9 +9,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .lowrank import multiply_adds
-from .methods import EncodedWeight, weight_bytes
-from .verify import OutputDiff
+from ..encoding.lowrank import multiply_adds
+from ..encoding.encoded import EncodedWeight, weight_bytes
+from ..runtime.verify import OutputDiff
 
 
 @dataclass
@@ -35,8 +35,9 @@ class TensorReport:
     note: str = ""  # why it took another encoding than asked for
 
     @classmethod
-    def of(cls, e: EncodedWeight, stored: dict[str, str]) -> TensorReport:
-        """One encoded weight's row; `stored`: how each codebook's indices are stored, by name."""
+    def of(cls, e: EncodedWeight, stored: dict[str, str], note: str = "") -> TensorReport:
+        """One encoded weight's row; `stored`: how each codebook's indices are stored, by name;
+        `note`: why it took another encoding than asked for."""
         site = e.site
         first = e.codebook or (e.factors[0][1] if e.factors else None)
         ops = [c.op_type for c in site.consumers]
@@ -61,7 +62,7 @@ class TensorReport:
             macs_before=macs_before,
             macs_after=macs_after,
             seconds=e.seconds,
-            note=e.note,
+            note=note,
         )
 
     def describe(self) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .encode import Codebook, codebook_error
+from .codebook import Codebook, codebook_error
 
 BLOCK = 128  # rows corrected together before the rest is updated by one matrix product
 DAMPING = 0.01  # of the mean diagonal, so the factorization exists when inputs are collinear

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from .errors import CompressError
+from ..errors import CompressError
 
 PROTOBUF_LIMIT = 2**31 - 2**20  # protobuf cannot serialize 2 GiB; leave room for the graph
 

@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .dtypes import BFLOAT16, bfloat16_to_float32, file_dtype
+from ..dtypes import BFLOAT16, bfloat16_to_float32, file_dtype
 from .load import external_extent
-from .options import SelectOptions
+from ..options import SelectOptions
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT: "float32",

@@ -14,13 +14,15 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
-from .calibrate import calibrate
-from .compensate import Covariance
-from .decode import check_opset
-from .errors import CompressError, VerificationError, first_line
-from .load import LoadedModel, load_model, read_external
-from .methods import EncodedWeight, assemble, encode_weights
-from .options import (
+from .build import LastBuild
+from ..runtime.calibrate import calibrate
+from ..encoding.compensate import Covariance
+from ..graph.decode import check_opset
+from ..encoding.encoded import EncodedWeight, Encoder
+from ..errors import CompressError, VerificationError, first_line
+from ..planning.fixed import decide_fixed
+from ..io.load import LoadedModel, load_model, read_external
+from ..options import (
     CodebookOptions,
     LowRankOptions,
     MethodOptions,
@@ -30,13 +32,15 @@ from .options import (
     VerifyOptions,
     groups_from_kwargs,
 )
-from .plan import FEATURE_FLOOR, Calibration, make_plan
-from .progress import Progress
+from ..planning.plan import FEATURE_FLOOR, make_plan
+from ..planning.probe import Calibration
+from ..progress import Progress
+from ..recipe import Recipe
 from .report import Report, TensorReport
-from .rewrite import default_opset, record
-from .save import check_output_path, save_model
-from .select import Selection, select_weights
-from .verify import Comparison, compare, error_of, load_feeds, run, session, synthesize_feed
+from ..graph.rewrite import default_opset, record
+from ..io.save import check_output_path, save_model
+from ..io.select import Selection, Skipped, select_weights
+from ..runtime.verify import Comparison, compare, error_of, load_feeds, run, session, synthesize_feed
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 FeedList = list[dict[str, np.ndarray]]
@@ -173,41 +177,49 @@ def measure_inputs(p: Prepared, s: Settings, selection: Selection, ref: Referenc
 
 
 @dataclass
+class Decision:
+    recipe: Recipe
+    plan: dict | None  # what the planner aimed at and measured; None for fixed settings
+    builder: LastBuild  # builds a recipe with the decision's trial encodings
+
+
+def decide(p: Prepared, s: Settings, selection: Selection, ref: Reference, measured: Measured, progress: Progress) -> Decision:
+    """Fixed settings or the planner choose each weight's encoding."""
+    encoder = Encoder(s.codebook, s.lowrank, measured.importance, measured.covariance)
+    sites = {w.name: w for w in selection.weights}
+    builder = LastBuild(p.source, sites, encoder, s.target.ort_version(), progress)
+    if not s.plan.active():
+        recipe = decide_fixed(selection.weights, s.method, s.codebook, s.lowrank, encoder, progress)
+        return Decision(recipe, None, builder)
+    calib = Calibration(ref.feeds, ref.outputs, _plan_metric(s.plan.metric, ref.names))
+    recipe, planned = make_plan(
+        p.source, selection.weights, s.plan, calib, p.loaded.file_bytes, encoder, lambda r: builder(r).model, progress
+    )
+    return Decision(recipe, planned, builder)
+
+
+@dataclass
 class Built:
     encoded: list[EncodedWeight]
     model: onnx.ModelProto
     stored: dict[str, str]  # how each codebook's indices are stored, by weight name
-    plan: dict | None  # what the planner aimed at and measured; None for fixed settings
+    plan: dict | None
+    recipe: Recipe
 
 
-def decide_and_build(
-    p: Prepared,
-    s: Settings,
-    selection: Selection,
-    ref: Reference,
-    measured: Measured,
-    progress: Progress,
-) -> Built:
-    """Fixed settings or the planner choose and encode each weight; the rewritten model holds
-    the result, recorded in its metadata."""
-    importance, covariance = measured.importance, measured.covariance
-    planned: dict | None = None
-    if s.plan.active():
-        calib = Calibration(ref.feeds, ref.outputs, _plan_metric(s.plan.metric, ref.names))
-        encoded, skipped, planned, (model, stored) = make_plan(
-            p.source, selection.weights, importance, s.plan, s.codebook, s.target, calib, p.loaded.file_bytes, progress, covariance
-        )
-    else:
-        encoded, skipped = encode_weights(selection.weights, s.method, s.codebook, s.lowrank, progress, importance, covariance)
-    selection.skipped += skipped
-    read_external(p.loaded, keep={e.site.name for e in encoded})  # those no smaller as codebooks stay as they were
-    if not encoded:
+def build(p: Prepared, s: Settings, selection: Selection, decision: Decision) -> Built:
+    """The recipe made into a model, recorded in its metadata; the weights it keeps join the
+    selection's skipped ones."""
+    recipe = decision.recipe
+    shapes = {w.name: tuple(w.array.shape) for w in selection.weights}
+    selection.skipped += [Skipped(name, shapes[name], reason) for name, reason in recipe.kept().items()]
+    read_external(p.loaded, keep=set(recipe.encoded()))  # those kept stay as they were
+    if not recipe.encoded():
         hint = "try a lower --energy or --rank, or --method lowrank+kmeans" if s.method == "lowrank" else "try fewer --bits"
         raise CompressError(f"nothing to compress: no weight gets smaller with these settings; {hint}")
-    if planned is None:
-        model, stored = assemble(p.source, encoded, s.target.ort_version())
-    record(model, "plan" if planned else s.method, {e.site.name: _metadata(e, stored) for e in encoded})
-    return Built(encoded, model, stored, planned)
+    made = decision.builder(recipe)
+    record(made.model, "plan" if decision.plan else s.method, {e.site.name: _metadata(e, made.stored) for e in made.encoded})
+    return Built(made.encoded, made.model, made.stored, decision.plan, recipe)
 
 
 def save(p: Prepared, built: Built) -> int:
@@ -232,7 +244,7 @@ def make_report(p: Prepared, s: Settings, selection: Selection, built: Built, me
         output=str(p.out_path) if p.out_path else None,
         settings=settings,
         plan=built.plan,
-        tensors=[TensorReport.of(e, built.stored) for e in built.encoded],
+        tensors=[TensorReport.of(e, built.stored, built.recipe.notes.get(e.site.name, "")) for e in built.encoded],
         skipped=[{"name": x.name, "shape": list(x.shape), "reason": x.reason} for x in selection.skipped],
         file_bytes_before=p.loaded.file_bytes,
         file_bytes_after=after,

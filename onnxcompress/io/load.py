@@ -11,7 +11,7 @@ import onnx
 import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 
-from .errors import CompressError, first_line
+from ..errors import CompressError, first_line
 
 
 @dataclass

@@ -20,43 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .lowrank import LowRankPair
-from .select import Consumer, WeightSite
-
-LEFT, RIGHT = "::lowrank_left", "::lowrank_right"
-
-
-def factor_arrays(pair: LowRankPair) -> tuple[np.ndarray, np.ndarray]:
-    """The factors in the shapes the rewritten graph reads them."""
-    if pair.kind == "conv":
-        spatial = len(pair.shape) - 2
-        right = pair.right.reshape((pair.rank, *pair.shape[1:]))
-        left = pair.left.reshape((pair.shape[0], pair.rank, *([1] * spatial)))
-        return left, right
-    return pair.left, pair.right
-
-
-def factor_sites(site: WeightSite, pair: LowRankPair) -> list[WeightSite]:
-    """The two factors as weights of the rewritten graph, with the consumers they will have
-    there (so a codebook per channel finds each factor's output axis)."""
-    left_uses: list[Consumer] = []
-    right_uses: list[Consumer] = []
-    for c in site.consumers:
-        if c.op_type == "Gather":
-            left_uses.append(Consumer("Gather", 0, False))
-            right_uses.append(Consumer("MatMul", 1, False))
-        elif c.op_type == "Gemm":
-            left_uses.append(Consumer("Gemm", 1, False, c.trans_b))
-            right_uses.append(Consumer("Gemm", 1, False, c.trans_b))
-        else:  # MatMul on either side, Conv: each factor sits where the weight sat
-            left_uses.append(Consumer(c.op_type, c.input_index, False))
-            right_uses.append(Consumer(c.op_type, c.input_index, False))
-    left, right = factor_arrays(pair)
-    return [
-        WeightSite(site.name + LEFT, left, site.onnx_dtype, "initializer", left_uses),
-        WeightSite(site.name + RIGHT, right, site.onnx_dtype, "initializer", right_uses),
-    ]
-
+from ..encoding.lowrank import LEFT, RIGHT, LowRankPair, factor_arrays
+from ..io.select import WeightSite
 
 def rewrite_pairs(model: onnx.ModelProto, pairs: list[tuple[WeightSite, LowRankPair]], opset: int) -> onnx.ModelProto:
     """A copy of `model` with every consumer of each factored weight rewritten as a pair."""

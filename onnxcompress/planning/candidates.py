@@ -1,0 +1,128 @@
+"""Each tensor's candidate encodings for the planner, with their bytes and distortion: the
+sensitivity-weighted SSE of the weight over its weighted squared norm. Every per-tensor
+codebook width comes from one k-means run (its 8-bit codebook's sse_by_k), per-channel widths
+from one batched run, float16 and low-rank pairs from the values and one SVD."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..encoding.codebook import channel_rows, codebook_size, per_tensor_widths, storage_dtype
+from ..encoding.encoded import EncodedWeight, pair_encoding
+from ..encoding.kmeans import kmeans1d_batched
+from .ladder import Option, TensorOptions, lower_hull
+from ..encoding.lowrank import as_matrix, break_even_rank, encode_lowrank, factor_kind, rank_for_energy, singular_values, truncated_svd
+from ..options import CodebookOptions, LowRankOptions
+from ..recipe import AsCodebook, AsFloat16, AsPair, Keep
+from ..io.select import WeightSite
+
+# What a codebook's decode nodes cost in the file beyond indices and centroids (names, shapes,
+# node protos), measured on MiniLM's rewrites; it matters only for small tensors.
+DECODER_BYTES = 600
+# Per-channel options cost a batched k-means run at k = 16; skipped above this many values.
+CHANNEL_OPTION_LIMIT = 1 << 22
+# Low-rank plan options: float pairs at the ranks holding these shares of the squared norm, and
+# at the middle one a pair of 8-bit codebooks too.
+PAIR_ENERGIES = (0.999, 0.9999, 0.99999)
+# Ops whose weight input is summed over (a product's reduction averages the rounding errors
+# out); a weight read only by other ops (a bias, a scale) reaches the outputs value by value.
+PRODUCT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "LSTM", "GRU", "RNN", "Einsum"}
+# ... and is not offered below this many bits: its 8-bit probe cannot see a coarse codebook's
+# damage on inputs the calibration lacks (the OCR model's 18710 class biases at 1 bit, planned
+# on 16 lines: 0.009 on them, 0.033 on 16 others)
+LOWEST_ADDITIVE_BITS = 4
+KEPT = Keep("the plan keeps it in float (too sensitive for its size)")
+
+
+def tensor_options(
+    site: WeightSite,
+    importance: np.ndarray | None,
+    original_bytes: int,
+    curve: np.ndarray,
+    per_channel: bool = True,
+    compensate: bool = False,
+) -> TensorOptions:
+    """Every option's bytes and distortion for one weight; `curve`: the (weighted) SSE of its
+    best per-tensor clustering for 1..256 levels (Codebook.sse_by_k of its 8-bit codebook);
+    `compensate`: its codebooks will be compensated (the planner scales their distortion)."""
+    a = site.array
+    if importance is not None and not importance.any():
+        importance = None  # no value matters on the calibration inputs: clustered plainly (encode.py)
+    w = np.ones(a.shape) if importance is None else importance.astype(np.float64)
+    norm = float(np.sum(w * a.astype(np.float64) ** 2)) or 1.0  # all zero: every option is exact
+    entry = storage_dtype(a.dtype, "auto").itemsize
+    options = [Option(KEPT, bytes=original_bytes, distortion=0.0)]
+    if float16_is_an_option(a):
+        half = a.astype(np.float16).astype(np.float64)
+        options.append(Option(AsFloat16(), a.size * 2 + DECODER_BYTES, float(np.sum(w * (half - a) ** 2)) / norm))
+    for bits, size, sse in per_tensor_widths(a.size, curve, entry, _lowest_bits(site)):
+        options.append(Option(AsCodebook(bits, "tensor", compensate), size + DECODER_BYTES, sse / norm))
+    if per_channel and a.ndim >= 2 and a.size <= CHANNEL_OPTION_LIMIT:
+        axis = site.channel_axis()
+        rows = channel_rows(a, axis)
+        rw = None if importance is None else channel_rows(np.broadcast_to(importance, a.shape), axis, np.float32)
+        k_max = min(16, rows.shape[1])
+        by_k = kmeans1d_batched(rows, k_max, rw).sse_by_k.sum(axis=0)
+        for bits in range(_lowest_bits(site), 5):
+            k = 1 << bits
+            if k > rows.shape[1]:
+                break
+            size = codebook_size(a.size, bits, rows.shape[0], k, entry) + DECODER_BYTES
+            options.append(Option(AsCodebook(bits, "channel", compensate), size, max(float(by_k[k - 1]), 0.0) / norm))
+    return TensorOptions(site, lower_hull(options))
+
+
+def float16_is_an_option(a: np.ndarray) -> bool:
+    """A wider float weight whose values all fit float16's range."""
+    return a.dtype in (np.float32, np.float64) and float(np.abs(a).max(initial=0.0)) < 65504
+
+
+def _lowest_bits(site: WeightSite) -> int:
+    return 1 if any(c.op_type in PRODUCT_OPS for c in site.consumers) else LOWEST_ADDITIVE_BITS
+
+
+def pair_options(
+    site: WeightSite, importance: np.ndarray | None, codebook_o: CodebookOptions
+) -> tuple[list[Option], list[EncodedWeight]]:
+    """Low-rank options for a weight a pair can replace: float pairs at the ranks holding
+    PAIR_ENERGIES of the squared norm, and at the middle one also the pair of 8-bit codebooks;
+    only ranks whose pair is smaller than the weight. Returns the options and their encodings."""
+    kind, _ = factor_kind(site)
+    if kind is None:
+        return [], []
+    a = site.array
+    rows, cols = as_matrix(a, kind).shape
+    weight = np.ones(a.shape) if importance is None else np.broadcast_to(importance, a.shape).astype(np.float64)
+    norm = float(np.sum(weight * a.astype(np.float64) ** 2))
+    matrix: np.ndarray = as_matrix(a, kind).astype(np.float64 if a.dtype == np.float64 else np.float32)
+    s = singular_values(matrix)  # first only the spectrum: most trained weights stop here
+    total = float(np.sum(s**2))
+    # A float pair must be smaller than the weight in float16, which is far more faithful
+    # (MiniLM's embedding holds 0.999 of its energy at rank 377 of 384: a pair twice the
+    # float16 table); the 8-bit pair must be smaller than the weight (then also than its
+    # 8-bit codebook, near enough).
+    eight_bit_limit = break_even_rank(rows, cols)
+    float_limit = eight_bit_limit
+    if float16_is_an_option(a):
+        float_limit = (a.size * 2 - 1) // ((rows + cols) * a.dtype.itemsize)
+    ranks = {}
+    for energy in PAIR_ENERGIES:
+        r = rank_for_energy(s, total, energy)
+        if r is not None and r <= (eight_bit_limit if energy == PAIR_ENERGIES[1] else float_limit):
+            ranks[energy] = r
+    if not ranks:
+        return [], []
+    u, s, vt, _ = truncated_svd(matrix, None, 1.0, "full")
+    options: list[Option] = []
+    encoded: list[EncodedWeight] = []
+    for energy, r in ranks.items():
+        pair = encode_lowrank(a, kind, LowRankOptions(rank=r, svd="full"), u_s_vt=(u, s, vt))
+        choices = [AsPair(r, kind)] if r <= float_limit else []
+        if energy == PAIR_ENERGIES[1]:
+            choices.append(AsPair(r, kind, 8, "tensor"))
+        for choice in choices:
+            e = pair_encoding(site, pair, choice, codebook_o)
+            distortion = float(np.sum(weight * (e.decoded() - a) ** 2)) / norm if norm > 0 else 0.0
+            options.append(Option(choice, e.stored_bytes() + DECODER_BYTES, distortion))
+            encoded.append(e)
+    return options, encoded

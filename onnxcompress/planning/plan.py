@@ -1,0 +1,208 @@
+"""The planner: per tensor, how to store it (bits and layout, float16, a low-rank pair, or as it
+is) so that the model meets an output-error target with the fewest bytes, or a size with the
+least error. It only decides: it returns a Recipe.
+
+Each tensor's candidates get bytes and distortion (candidates.py), the distortion scaled by the
+tensor's gain (probe.py); ladder.py decides on those numbers; a candidate plan is measured by
+feeding its decoded weights to the probe, and the chosen plan is confirmed on the model that
+the pipeline's `build` function makes of it (this module never imports the builder).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import onnx
+
+from .candidates import DECODER_BYTES, pair_options, tensor_options
+from ..encoding.compensate import compensate
+from ..encoding.codebook import Codebook
+from ..encoding.encoded import EncodedWeight, Encoder, weight_bytes
+from ..errors import TargetError, VerificationError
+from .ladder import Plan, PlanTrace, TensorOptions, ladder, lower_hull, search_error, within_size
+from ..options import PlanOptions
+from .probe import Calibration, Probe, compensation_ratios, output_gains
+from ..progress import Progress
+from ..recipe import AsCodebook, AsFloat16, Keep, Recipe
+from ..graph.rewrite import default_opset
+from ..io.select import WeightSite
+from ..runtime.verify import run, session
+
+# Added to each input feature's mean square (in units of their mean) in the importances the
+# planner weighs by: from few inputs a feature's mean square is noisy, and one quiet on them
+# may not be quiet elsewhere. Planned on 16 of the OCR model's 32 lines, --max-error 0.01
+# measured 0.0100 on them and 0.029 on the 16 others without it, 0.0082 with it (a plan of
+# 5.06 MB instead of 4.49); the other models' plans kept their size within 3%.
+FEATURE_FLOOR = 0.1
+
+Build = Callable[[Recipe], onnx.ModelProto]
+
+
+def make_plan(
+    source: onnx.ModelProto,
+    weights: list[WeightSite],
+    plan_o: PlanOptions,
+    calib: Calibration,
+    file_bytes: int,
+    encoder: Encoder,
+    build: Build,
+    progress: Progress = False,
+) -> tuple[Recipe, dict]:
+    """The recipe that meets the target, and what the search did (for the report). Codebooks
+    weigh by the encoder's importances, and those of a weight with a covariance compensate.
+    Raises TargetError when no plan that compresses anything meets the target."""
+    t0 = time.perf_counter()
+    sizes = {w.name: weight_bytes(w) for w in weights}
+    # The 8-bit codebooks come first: their k-means runs also give every per-tensor option's
+    # distortion (sse_by_k), and the gain probes and compensation start from them.
+    eight = {e.site.name: e.codebook for e in encoder.encode([(w, AsCodebook(8)) for w in weights], progress)}
+    low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements (Cast: any)
+    tensors = _candidates(weights, eight, sizes, low_bits, encoder)
+    try:
+        probe: Probe | None = Probe(source, weights)
+    except VerificationError:  # a model that cannot take its weights as inputs: build every candidate
+        probe = None
+    _weigh(tensors, weights, eight, encoder, probe, calib)
+    plans = ladder(tensors)
+    measure = _Measure(weights, encoder, calib, probe, build, progress)
+    other_bytes = file_bytes - sum(sizes.values())
+    trace = PlanTrace()
+    if plan_o.max_error is not None:
+        target, best = _meet_error(plans, tensors, plan_o, measure, trace)
+    else:
+        target, best = _meet_size(plans, tensors, plan_o, measure, file_bytes, other_bytes)
+    info = {
+        "target": target,
+        "measured": best.measured,
+        "plans_on_ladder": len(plans),
+        "candidates": [{"bytes": b + other_bytes, "error": e} for b, e in trace.evaluations],
+        "estimated_bytes": best.bytes + other_bytes,
+        # the same estimate for uniform 8 bits per tensor, so the report can say what planning bought
+        "eight_bit_bytes": other_bytes + sum(min(sizes[w.name], eight[w.name].stored_bytes() + DECODER_BYTES) for w in weights),
+        "seconds": time.perf_counter() - t0,
+    }
+    return best.recipe(), info
+
+
+def _candidates(
+    weights: list[WeightSite], eight: dict[str, Codebook], sizes: dict[str, int], low_bits: bool, encoder: Encoder
+) -> list[TensorOptions]:
+    """Each tensor's options on all cores; the pairs' encodings go to the encoder. Below opset
+    11 only 8 bits per tensor and float16 (pairs of 8-bit codebooks need the same opset)."""
+    imp = encoder.importance
+    with ThreadPoolExecutor(max(1, min(len(weights), os.cpu_count() or 1))) as pool:
+        futures = [
+            pool.submit(tensor_options, w, imp.get(w.name), sizes[w.name], _curve(eight[w.name]), low_bits, encoder.can_compensate(w.name))
+            for w in weights
+        ]
+        pair_futures = [pool.submit(pair_options, w, imp.get(w.name), encoder.codebook_o) for w in weights] if low_bits else []
+        tensors = [f.result() for f in futures]
+        for t, pf in zip(tensors, pair_futures, strict=False):
+            pair_opts, pair_encodings = pf.result()
+            for e in pair_encodings:
+                encoder.add(e)
+            t.options = lower_hull(t.options + pair_opts)
+    if not low_bits:
+        for t in tensors:
+            t.options = lower_hull([o for o in t.options if _allowed_below_opset_11(o.choice)])
+    return tensors
+
+
+def _allowed_below_opset_11(choice) -> bool:
+    return isinstance(choice, Keep | AsFloat16) or (isinstance(choice, AsCodebook) and choice.bits == 8 and choice.layout == "tensor")
+
+
+def _weigh(
+    tensors: list[TensorOptions],
+    weights: list[WeightSite],
+    eight: dict[str, Codebook],
+    encoder: Encoder,
+    probe: Probe | None,
+    calib: Calibration,
+) -> None:
+    """Scales each option's distortion by its tensor's gain, and a compensated codebook's also
+    by how much compensation lowered its 8-bit output distortion; the compensated 8-bit
+    codebooks go to the encoder."""
+    gains = output_gains(probe, weights, encoder.importance, eight, calib) if probe is not None else {}
+    compensated: dict[str, Codebook] = {}
+    names = [w.name for w in weights if encoder.can_compensate(w.name)]
+    if names:
+        sites = {w.name: w for w in weights}
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            made = pool.map(lambda n: compensate(sites[n].array, eight[n], encoder.covariance[n]), names)
+            compensated = dict(zip(names, made, strict=True))
+        for n, cb in compensated.items():
+            encoder.add(EncodedWeight(sites[n], AsCodebook(8, "tensor", True), codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds))
+    ratios = compensation_ratios(weights, eight, compensated, encoder.covariance) if compensated else {}
+    for t in tensors:
+        g, r = gains.get(t.site.name, 1.0), ratios.get(t.site.name, 1.0)
+        t.options = [replace(o, distortion=o.distortion * g * (r if isinstance(o.choice, AsCodebook) else 1.0)) for o in t.options]
+        t.options = lower_hull(t.options)
+
+
+class _Measure:
+    """A plan's error on the calibration inputs: through the probe when it can feed every
+    chosen weight, else on the built model."""
+
+    def __init__(self, weights, encoder: Encoder, calib: Calibration, probe: Probe | None, build: Build, progress: Progress):
+        self.sites = {w.name: w for w in weights}
+        self.encoder, self.calib, self.probe, self.build, self.progress = encoder, calib, probe, build, progress
+
+    def __call__(self, plan: Plan) -> float:
+        recipe = plan.recipe()
+        items = [(self.sites[name], c) for name, c in recipe.encoded().items()]
+        encoded = self.encoder.encode(items, self.progress)
+        if self.probe is None or not all(e.site.name in self.probe.covers for e in encoded):
+            return self.built(recipe)
+        values = {e.site.name: e.decoded().astype(e.site.array.dtype) for e in encoded}
+        return self.calib.error(self.calib.reference, self.probe.run(self.calib.feeds, values))
+
+    def built(self, recipe: Recipe) -> float:
+        model = self.build(recipe)
+        return self.calib.error(self.calib.reference, run(session(model, "a planned model"), self.calib.feeds, "a planned model"))
+
+
+def _meet_error(plans: list[Plan], tensors: list[TensorOptions], plan_o: PlanOptions, measure: _Measure, trace: PlanTrace) -> tuple[str, Plan]:
+    assert plan_o.max_error is not None
+    metric = plan_o.metric if isinstance(plan_o.metric, str) else "your metric"
+    target = f"--max-error {plan_o.max_error:g} ({metric})"
+    best = search_error(plans, plan_o.max_error, measure, trace, tensors)
+    # the probe runs without onnxruntime's constant-weight fusions: confirm on the built
+    # model, and step up the ladder in the rare case rounding puts it over the target
+    while best is not None and (built := measure.built(best.recipe())) > plan_o.max_error:
+        larger = [p for p in plans if p.bytes > best.bytes and p.compressed()]
+        best = min(larger, key=lambda p: p.bytes) if larger else None
+    if best is None:
+        tried = min((e for _, e in trace.evaluations), default=float("nan"))
+        raise TargetError(
+            f"cannot meet {target}: the most faithful plan that still compresses something measured {tried:.3g} on "
+            "these inputs; raise --max-error, or pass --include/--exclude to keep sensitive tensors out"
+        )
+    best.measured = built
+    return target, best
+
+
+def _meet_size(
+    plans: list[Plan], tensors: list[TensorOptions], plan_o: PlanOptions, measure: _Measure, file_bytes: int, other_bytes: int
+) -> tuple[str, Plan]:
+    budget = int(plan_o.target_size * 1e6) if plan_o.target_size is not None else int(file_bytes / (plan_o.ratio or 1.0))
+    target = f"--target-size {budget / 1e6:g} MB" if plan_o.target_size is not None else f"--ratio {plan_o.ratio:g}"
+    for p in within_size(tensors, [p for p in plans if p.compressed()], budget - other_bytes):
+        if measure.build(p.recipe()).ByteSize() <= budget:  # the estimate leaves out small proto overheads: check
+            p.measured = measure.built(p.recipe())
+            return target, p
+    smallest = min(p.bytes for p in plans) + other_bytes
+    raise TargetError(
+        f"cannot meet {target}: the smallest plan (every tensor at 1 bit) is about {smallest / 1e6:.2f} MB; "
+        "raise the size or lower --ratio"
+    )
+
+
+def _curve(cb: Codebook) -> np.ndarray:
+    assert cb.sse_by_k is not None, "a per-tensor codebook carries its curve"
+    return cb.sse_by_k

@@ -1,0 +1,72 @@
+"""The decision as data: what each weight becomes. Fixed settings and the planner both emit a
+Recipe; the builder (build.py) turns one into a model. A choice says what to store, never how
+to compute it: the same recipe built twice gives the same model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Left as it is, and why."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AsFloat16:
+    """Stored as float16, cast back to the weight's type at load."""
+
+
+@dataclass(frozen=True)
+class AsCodebook:
+    """A k-means codebook of 2^bits levels per group plus packed indices. `layout`: tensor,
+    channel or group:N. `compensate`: labels chosen against the weight's input covariance
+    (compensate.py) instead of nearest rounding."""
+
+    bits: int
+    layout: str = "tensor"
+    compensate: bool = False
+
+
+@dataclass(frozen=True)
+class AsPair:
+    """Two factors of rank `rank` (`kind`: how the weight is read as a matrix, lowrank.py)
+    whose product replaces the weight; with `factor_bits`, each factor is itself a codebook."""
+
+    rank: int
+    kind: str
+    factor_bits: int | None = None
+    factor_layout: str = "tensor"
+
+
+Choice = Keep | AsFloat16 | AsCodebook | AsPair
+
+
+def describe(choice: Choice) -> str:
+    """A choice in a few words: keep, float16, 4 channel, rank 12, rank 12 + 8 tensor."""
+    if isinstance(choice, Keep):
+        return "keep"
+    if isinstance(choice, AsFloat16):
+        return "float16"
+    if isinstance(choice, AsCodebook):
+        return f"{choice.bits} {choice.layout}"
+    factors = f" + {choice.factor_bits} {choice.factor_layout}" if choice.factor_bits is not None else ""
+    return f"rank {choice.rank}{factors}"
+
+
+@dataclass
+class Recipe:
+    """Each selected weight's choice by name, in the model's order, and for a weight that took
+    another encoding than the settings asked for, why."""
+
+    choices: dict[str, Choice] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> dict[str, Choice]:
+        return {name: c for name, c in self.choices.items() if not isinstance(c, Keep)}
+
+    def kept(self) -> dict[str, str]:
+        """The weights left as they are, with the reason."""
+        return {name: c.reason for name, c in self.choices.items() if isinstance(c, Keep)}
