@@ -1,4 +1,4 @@
-"""The entry points: `compress()` runs the pipeline's stages in order (pipeline.py);
+"""The entry points: `compress()` runs the pipeline's stages in order (pipeline/stages.py);
 `compare_models()` and `run_models()` run two models on the same inputs; `inspect()` shows what
 each bit width would give without writing anything."""
 
@@ -73,7 +73,7 @@ def compress(
     target_size, ratio, sensitivity, compensate, target_ort, opset, verify, inputs, seed.
 
     With max_error, target_size or ratio, a planner picks bits and granularity per tensor (see
-    plan.py); `metric` may also be a callable(original_outputs, compressed_outputs) -> error,
+    planning/plan.py); `metric` may also be a callable(original_outputs, compressed_outputs) -> error,
     each a list (one per feed) of {output name: array}. `calibration`: inputs as an .npz path,
     one feed {name: array} or a list of feeds (like `inputs`); they drive the sensitivity
     weighting, the planner's measurements and the verification.

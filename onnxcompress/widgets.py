@@ -227,7 +227,9 @@ class CompressionExplorer(w.VBox):
         try:
             # verified always: the verification's outputs are what the Outputs tab shows
             options = {**self.options(), "verify": True}
-            result = compress(self._source, calibration=self._calibration, progress=self._on_progress, keep_outputs=True, **options)
+            result = compress(
+                self._source, calibration=self._calibration, progress=self._on_progress, keep_outputs=True, **options
+            )
             self.comparison = result.comparison
         except OnnxCompressError as e:
             self.progress.bar_style = "danger"

@@ -90,6 +90,13 @@ MUTANTS = [
         ("tests/test_layers.py",),
     ),
     Mutant(
+        "the Encoder ignores a choice's compensate",
+        "onnxcompress/encoding/encoded.py",
+        "for site, c in codebooks if c.compensate}",
+        "for site, c in codebooks if False}",
+        ("tests/test_compensate.py", "tests/test_recipe.py"),
+    ),
+    Mutant(
         "within_size: no slope bisection",
         "onnxcompress/planning/ladder.py",
         "budget: int, steps: int = 8)",
@@ -185,7 +192,8 @@ MUTANTS = [
     Mutant(
         "size bisection stops when a midpoint repeats an end",
         "onnxcompress/planning/ladder.py",
-        "        if p.choices == low.choices:\n            a = mid\n        elif p.choices == high.choices:\n            b = mid\n        else:\n            return p",
+        "        if p.choices == low.choices:\n            a = mid\n"
+        "        elif p.choices == high.choices:\n            b = mid\n        else:\n            return p",
         "        return None if p.choices in (low.choices, high.choices) else p",
         ("tests/test_plan.py",),
     ),
@@ -243,7 +251,11 @@ def run_tests(copy: Path, tests: list[str]) -> tuple[str, str]:
 def check_copy_is_imported(copy: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(copy)}
     where = subprocess.run(
-        [sys.executable, "-c", "import onnxcompress; print(onnxcompress.__file__)"], cwd=copy, env=env, capture_output=True, text=True
+        [sys.executable, "-c", "import onnxcompress; print(onnxcompress.__file__)"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     if not where.startswith(str(copy)):
         sys.exit(f"mutants: the copy is not what Python imports ({where}); run from a checkout with the package built")

@@ -12,7 +12,13 @@ from conformance import SETTINGS, summary, sweep
 # weight gets smaller), measured with onnx 1.23.2: 812 cases reached, passed 806 / 802 / 780 /
 # 254 / 13. Shares, not counts, so that onnx adding cases moves nothing; a weight wrongly
 # refused moves them (treating 53 unary and Reduce ops' data as non-data took 289 cases).
-PASSED_SHARE = {"2 bit channel": 0.993, "3 bit group:16": 0.988, "4 bit tensor": 0.961, "8 bit tensor": 0.313, "lowrank rank 2": 0.016}
+PASSED_SHARE = {
+    "2 bit channel": 0.993,
+    "3 bit group:16": 0.988,
+    "4 bit tensor": 0.961,
+    "8 bit tensor": 0.313,
+    "lowrank rank 2": 0.016,
+}
 SHARE_TOLERANCE = 0.02
 
 

@@ -56,7 +56,9 @@ def test_decoder_rebuilds_the_codebook_exactly(bits, layout, shape, axis):
 
 
 @pytest.mark.parametrize("bits", range(1, 8))
-@pytest.mark.parametrize("opset,target_ort", [(11, (1, 16)), (13, (1, 16)), (14, (1, 16)), (21, (1, 16)), (21, (1, 24, 4)), (25, (1, 24, 4))])
+@pytest.mark.parametrize(
+    "opset,target_ort", [(11, (1, 16)), (13, (1, 16)), (14, (1, 16)), (21, (1, 16)), (21, (1, 24, 4)), (25, (1, 24, 4))]
+)
 def test_sub_8_bit_decoders_at_every_opset_they_change_at(bits, opset, target_ort):
     """Bit planes are combined with Mul below opset 14 and with Add from it; for onnxruntime
     1.24.4 on, 4-bit indices are stored as uint4 from opset 21 and 2-bit ones as uint2 from 25.

@@ -260,7 +260,9 @@ def test_auto_is_never_worse_than_the_codebook(bits, noise):
     rng = np.random.default_rng(7)
     w = (rng.normal(size=(256, 8)) @ rng.normal(size=(8, 192)) / np.sqrt(8)).astype(np.float32)
     w += (noise * rng.normal(size=w.shape)).astype(np.float32)
-    model = make_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", F, ["batch", 256])], [("y", F, ["batch", 192])], [("W", w)])
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", F, ["batch", 256])], [("y", F, ["batch", 192])], [("W", w)]
+    )
 
     def weight_error(m: onnx.ModelProto) -> float:
         computed = run(m, {"x": np.eye(256, dtype=np.float32)})[0]

@@ -142,7 +142,10 @@ def ten_close_tensors() -> list[TensorOptions]:
     """Ten tensors whose 1-bit -> 2-bit slopes all lie within 0.3% of each other: the ladder's
     grid steps over all ten at once (50 -> 100 bytes), so only bisection finds the plans between."""
     return [
-        TensorOptions(site(f"w{i}", (4, 4)), [Option(AsCodebook(1), 5, 4.0), Option(AsCodebook(2), 10, 1 + 0.001 * i), Option(Keep(), bytes=20, distortion=0.0)])
+        TensorOptions(
+            site(f"w{i}", (4, 4)),
+            [Option(AsCodebook(1), 5, 4.0), Option(AsCodebook(2), 10, 1 + 0.001 * i), Option(Keep(), bytes=20, distortion=0.0)],
+        )
         for i in range(10)
     ]
 

@@ -78,9 +78,7 @@ def test_kept_weights_reach_the_report_with_their_reason():
 
 
 def test_a_recipe_says_what_it_keeps_and_what_it_encodes():
-    recipe = Recipe(
-        {"a": AsCodebook(4, "channel"), "b": Keep("too sensitive"), "c": AsFloat16(), "d": AsPair(12, "matrix", 8)}
-    )
+    recipe = Recipe({"a": AsCodebook(4, "channel"), "b": Keep("too sensitive"), "c": AsFloat16(), "d": AsPair(12, "matrix", 8)})
     assert list(recipe.encoded()) == ["a", "c", "d"] and recipe.kept() == {"b": "too sensitive"}
     labels = [describe(c) for c in recipe.choices.values()]
     assert labels == ["4 channel", "keep", "float16", "rank 12 + 8 tensor"]

@@ -59,7 +59,10 @@ def classifier():
         ],
         [("x", F, ["batch", 32])],
         [("probs", F, ["batch", 10])],
-        [("W1", rng.normal(size=(32, 256)).astype(np.float32) * 0.3), ("W2", rng.normal(size=(256, 10)).astype(np.float32) * 0.3)],
+        [
+            ("W1", rng.normal(size=(32, 256)).astype(np.float32) * 0.3),
+            ("W2", rng.normal(size=(256, 10)).astype(np.float32) * 0.3),
+        ],
     )
 
 
@@ -124,7 +127,9 @@ def test_a_plan_holds_where_inputs_quiet_in_calibration_wake_up():
     rng = np.random.default_rng(2)
     w = rng.normal(size=(64, 256)).astype(np.float32) * 0.1
     w[:32] *= 4
-    model = make_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", F, ["batch", 64])], [("y", F, ["batch", 256])], [("W", w)])
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", F, ["batch", 64])], [("y", F, ["batch", 256])], [("W", w)]
+    )
     quiet = np.ones(64, dtype=np.float32)
     quiet[:32] = 0.01
     calibration = {"x": (rng.normal(size=(64, 64)) * quiet).astype(np.float32)}

@@ -1,4 +1,4 @@
-"""Step 3: encode a weight as a k-means codebook plus one small index per value."""
+"""Encode a weight as a k-means codebook plus one small index per value."""
 
 from __future__ import annotations
 

@@ -100,7 +100,8 @@ class Encoder:
         self._done[(e.site.name, e.choice)] = e
 
     def encode(self, items: list[tuple[WeightSite, Choice]], progress: Progress = False) -> list[EncodedWeight]:
-        """Each item's encoding, in order; codebooks not made yet run on all cores."""
+        """Each item's encoding, in order (one item per weight, no Keep); the codebooks not made
+        yet run on all cores."""
         todo = [(site, c) for site, c in items if (site.name, c) not in self._done]
         codebooks = [(site, c) for site, c in todo if isinstance(c, AsCodebook)]
         if codebooks:
@@ -108,7 +109,8 @@ class Encoder:
             cov = {site.name: self.covariance[site.name] for site, c in codebooks if c.compensate}
             made = encode_codebooks([site for site, _ in codebooks], per, progress, self.importance, covariance=cov)
             for site, c in codebooks:
-                self.add(EncodedWeight(site, c, codebook=made[site.name], rel_error=made[site.name].rel_error, seconds=made[site.name].seconds))
+                cb = made[site.name]
+                self.add(EncodedWeight(site, c, codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds))
         for site, c in todo:
             if isinstance(c, AsFloat16):
                 half = site.array.astype(np.float16)

@@ -1,4 +1,4 @@
-"""Step 3, low rank: encode a weight as two factors from a truncated SVD.
+"""Encode a weight as two factors from a truncated SVD.
 
 A weight is seen as a matrix M (a 2-D weight as it is; a Conv filter bank Cout x Cin x k...
 as Cout x (Cin * prod k)) and M ~= left @ right, left [rows, r], right [r, cols]. The

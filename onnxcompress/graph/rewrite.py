@@ -1,4 +1,4 @@
-"""Step 4: replace each weight by its decode nodes (onnx-graphsurgeon).
+"""Replace each weight by its decode nodes (onnx-graphsurgeon).
 
 The decoder's output keeps the weight's name, so every consumer, including nodes inside
 If/Loop/Scan bodies that read the outer name, sees the same tensor; a weight read by several
@@ -120,8 +120,6 @@ def _add(out: dict, t: gs.Tensor) -> None:
     same = out.setdefault(t.name, [])
     if not any(x is t for x in same):
         same.append(t)
-
-
 
 
 def _restore_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:

@@ -1,4 +1,4 @@
-"""Step 4, low rank: rewrite each consumer of a factored weight W = left @ right as a pair.
+"""Rewrite each consumer of a factored weight W = left @ right as a pair.
 
     MatMul(X, W)          -> MatMul(MatMul(X, left), right)
     MatMul(W, X)          -> MatMul(left, MatMul(right, X))
@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 
 from ..encoding.lowrank import LEFT, RIGHT, LowRankPair, factor_arrays
 from ..io.select import WeightSite
+
 
 def rewrite_pairs(model: onnx.ModelProto, pairs: list[tuple[WeightSite, LowRankPair]], opset: int) -> onnx.ModelProto:
     """A copy of `model` with every consumer of each factored weight rewritten as a pair."""

@@ -1,4 +1,4 @@
-"""Step 1: load a model from a path or a ModelProto, with one-line errors for bad input."""
+"""Load a model from a path or a ModelProto, with one-line errors for bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step 5: write the model atomically; models over 2 GB keep their weights in one data file."""
+"""Write the model atomically; models over 2 GB keep their weights in one data file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step 2: find the weights worth compressing, and say why the others are left alone."""
+"""Find the weights worth compressing, and say why the others are left alone."""
 
 from __future__ import annotations
 

@@ -55,7 +55,14 @@ class LastBuild:
     """build() that keeps its latest result: a planner asks for the same recipe's model again
     (its size, then its measurement, then the result), and each build rewrites the graph."""
 
-    def __init__(self, source: onnx.ModelProto, sites: dict[str, WeightSite], encoder: Encoder, target_ort: tuple[int, ...], progress: Progress = False) -> None:
+    def __init__(
+        self,
+        source: onnx.ModelProto,
+        sites: dict[str, WeightSite],
+        encoder: Encoder,
+        target_ort: tuple[int, ...],
+        progress: Progress = False,
+    ) -> None:
         self.args = (source, sites, encoder, target_ort, progress)
         self.last: tuple[dict, BuiltModel] | None = None
 

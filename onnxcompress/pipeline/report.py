@@ -1,4 +1,4 @@
-"""Step 7: what was done, as tables for people and JSON for machines."""
+"""What was done, as tables for people and JSON for machines."""
 
 from __future__ import annotations
 

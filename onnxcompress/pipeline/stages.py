@@ -356,4 +356,3 @@ def _metadata(e: EncodedWeight, stored: dict[str, str]) -> dict:
     if e.factors:
         entry["factors"] = {site.name: codebook(site.name, cb) for site, cb in e.factors}
     return entry
-

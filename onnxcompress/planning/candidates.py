@@ -11,7 +11,15 @@ from ..encoding.codebook import channel_rows, codebook_size, per_tensor_widths, 
 from ..encoding.encoded import EncodedWeight, pair_encoding
 from ..encoding.kmeans import kmeans1d_batched
 from .ladder import Option, TensorOptions, lower_hull
-from ..encoding.lowrank import as_matrix, break_even_rank, encode_lowrank, factor_kind, rank_for_energy, singular_values, truncated_svd
+from ..encoding.lowrank import (
+    as_matrix,
+    break_even_rank,
+    encode_lowrank,
+    factor_kind,
+    rank_for_energy,
+    singular_values,
+    truncated_svd,
+)
 from ..options import CodebookOptions, LowRankOptions
 from ..recipe import AsCodebook, AsFloat16, AsPair, Keep
 from ..io.select import WeightSite
@@ -47,7 +55,7 @@ def tensor_options(
     `compensate`: its codebooks will be compensated (the planner scales their distortion)."""
     a = site.array
     if importance is not None and not importance.any():
-        importance = None  # no value matters on the calibration inputs: clustered plainly (encode.py)
+        importance = None  # no value matters on the calibration inputs: clustered plainly (codebook.py)
     w = np.ones(a.shape) if importance is None else importance.astype(np.float64)
     norm = float(np.sum(w * a.astype(np.float64) ** 2)) or 1.0  # all zero: every option is exact
     entry = storage_dtype(a.dtype, "auto").itemsize

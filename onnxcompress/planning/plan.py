@@ -97,7 +97,9 @@ def _candidates(
     imp = encoder.importance
     with ThreadPoolExecutor(max(1, min(len(weights), os.cpu_count() or 1))) as pool:
         futures = [
-            pool.submit(tensor_options, w, imp.get(w.name), sizes[w.name], _curve(eight[w.name]), low_bits, encoder.can_compensate(w.name))
+            pool.submit(
+                tensor_options, w, imp.get(w.name), sizes[w.name], _curve(eight[w.name]), low_bits, encoder.can_compensate(w.name)
+            )
             for w in weights
         ]
         pair_futures = [pool.submit(pair_options, w, imp.get(w.name), encoder.codebook_o) for w in weights] if low_bits else []
@@ -114,7 +116,9 @@ def _candidates(
 
 
 def _allowed_below_opset_11(choice) -> bool:
-    return isinstance(choice, Keep | AsFloat16) or (isinstance(choice, AsCodebook) and choice.bits == 8 and choice.layout == "tensor")
+    return isinstance(choice, Keep | AsFloat16) or (
+        isinstance(choice, AsCodebook) and choice.bits == 8 and choice.layout == "tensor"
+    )
 
 
 def _weigh(
@@ -137,11 +141,15 @@ def _weigh(
             made = pool.map(lambda n: compensate(sites[n].array, eight[n], encoder.covariance[n]), names)
             compensated = dict(zip(names, made, strict=True))
         for n, cb in compensated.items():
-            encoder.add(EncodedWeight(sites[n], AsCodebook(8, "tensor", True), codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds))
+            encoder.add(
+                EncodedWeight(sites[n], AsCodebook(8, "tensor", True), codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds)
+            )
     ratios = compensation_ratios(weights, eight, compensated, encoder.covariance) if compensated else {}
     for t in tensors:
         g, r = gains.get(t.site.name, 1.0), ratios.get(t.site.name, 1.0)
-        t.options = [replace(o, distortion=o.distortion * g * (r if isinstance(o.choice, AsCodebook) else 1.0)) for o in t.options]
+        t.options = [
+            replace(o, distortion=o.distortion * g * (r if isinstance(o.choice, AsCodebook) else 1.0)) for o in t.options
+        ]
         t.options = lower_hull(t.options)
 
 
@@ -167,7 +175,9 @@ class _Measure:
         return self.calib.error(self.calib.reference, run(session(model, "a planned model"), self.calib.feeds, "a planned model"))
 
 
-def _meet_error(plans: list[Plan], tensors: list[TensorOptions], plan_o: PlanOptions, measure: _Measure, trace: PlanTrace) -> tuple[str, Plan]:
+def _meet_error(
+    plans: list[Plan], tensors: list[TensorOptions], plan_o: PlanOptions, measure: _Measure, trace: PlanTrace
+) -> tuple[str, Plan]:
     assert plan_o.max_error is not None
     metric = plan_o.metric if isinstance(plan_o.metric, str) else "your metric"
     target = f"--max-error {plan_o.max_error:g} ({metric})"

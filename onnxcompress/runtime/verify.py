@@ -1,4 +1,4 @@
-"""Step 6: run the original and the compressed model in onnxruntime and compare outputs."""
+"""Run the original and the compressed model in onnxruntime and compare outputs."""
 
 from __future__ import annotations
 
