@@ -1,7 +1,7 @@
 """How much smaller than 8 bits any weight coder could make each model at --max-error 0.01:
 an estimate from measured errors and the weights' entropy, next to what the planner reached.
 
-    bash ../shared/models/get_models.sh     # once
+    python benchmarks/fetch_models.py     # once
     python benchmarks/bench_bound.py [--cache DIR] [--models a,b]
 
 Per model, on its real inputs:
@@ -27,13 +27,12 @@ import argparse
 import json
 import logging
 import math
-import os
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
-from harness import compress_checked, model_inputs, session, write_json
+from harness import DEFAULT_CACHE, MISSING, compress_checked, model_inputs, session, write_json
 
 from onnxcompress.encoding.codebook import binned_kmeans
 from onnxcompress.encoding.kmeans import kmeans1d
@@ -43,7 +42,6 @@ from onnxcompress.io.select import select_weights
 from onnxcompress.runtime.verify import compare
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")
 MODELS = ["digits_mlp", "minilm_l6", "ppocrv6_rec_small", "silero_vad_seq", "mtcnn_onet"]
 MAX_ERROR = 0.01
 ECSQ_GAP_BITS = 0.5 * math.log2(math.pi * math.e / 6)  # 0.254: uniform + entropy code vs the bound
@@ -76,21 +74,21 @@ def entropy_bits(w: np.ndarray) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path(DEFAULT_CACHE))
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
     planned = {}
-    if (RESULTS / "plan.json").exists():
-        for row in json.loads((RESULTS / "plan.json").read_text()):
+    if (args.out / "plan.json").exists():  # bench_plan's run written beside this one
+        for row in json.loads((args.out / "plan.json").read_text()):
             planned[row["model"]] = row["uniform8"]["bytes"] / row["planned"]["bytes"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             if name != "digits_mlp" and not (args.cache / "models" / f"{name}.onnx").exists():
-                print(f"{name}: not in {args.cache} (run ../shared/models/get_models.sh); skipped")
+                print(f"{name}: not in {args.cache} ({MISSING}); skipped")
                 continue
             src, feed, _ = model_inputs(name, args.cache)
             errors = {b: output_error(Path(src), Path(tmp) / f"{b}.onnx", b, feed) for b in (8, 7, 6)}

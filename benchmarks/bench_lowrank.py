@@ -6,7 +6,7 @@ For each matrix and target (a fixed rank, or an energy), both SVDs run in one pr
 cores; the table gives the time of each, the rank each picked and the weight error of the
 randomized factors relative to the optimal truncation's (1.000 = as good as LAPACK).
 Matrices: synthetic ones with a power-law spectrum like trained layers (s_i ~ i^-0.6) and, when
-get_models.sh's cache is there, MiniLM's 30522 x 384 word embedding and 1536 x 384 FFN weight.
+fetch_models.py's cache is there, MiniLM's 30522 x 384 word embedding and 1536 x 384 FFN weight.
 It checks the rule --svd auto follows (randomized only where it is faster at equal accuracy) and
 writes benchmarks/results/lowrank.md and lowrank.json.
 """
@@ -25,10 +25,9 @@ import numpy as np
 from onnxcompress.encoding.lowrank import RANDOMIZED_MAX_FRACTION, RANDOMIZED_MIN_SIDE, relative_error, truncated_svd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import write_json  # noqa: E402
+from harness import DEFAULT_CACHE, write_json  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")
 
 
 def power_law(rows: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -90,7 +89,7 @@ def measure(label: str, w: np.ndarray, target: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the small matrices only (under a minute)")
-    ap.add_argument("--cache", type=Path, default=Path(DEFAULT_CACHE))
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 

@@ -1,6 +1,6 @@
-"""Codebook compression of the four real models from ../shared/models, measured end to end.
+"""Codebook compression of the four real models (fetch_models.py), measured end to end.
 
-    bash ../shared/models/get_models.sh            # once: fetches the models into the cache
+    python benchmarks/fetch_models.py              # once: fetches the models into the cache
     python benchmarks/bench_models.py [--cache DIR] [--settings 8,4,4c]
 
 Per model and setting: file size and ratio, compression time (the whole `compress()` call as
@@ -25,13 +25,24 @@ import time
 from pathlib import Path
 
 import onnxruntime as ort
-from harness import LATENCY_SLICE, compress_checked, latency_ratio, load_cost, model_inputs, session, sliced, task_result, write_json
+from harness import (
+    DEFAULT_CACHE,
+    MISSING,
+    LATENCY_SLICE,
+    compress_checked,
+    latency_ratio,
+    load_cost,
+    model_inputs,
+    session,
+    sliced,
+    task_result,
+    write_json,
+)
 
 import onnxcompress
 from onnxcompress.runtime.verify import compare
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")
 MODELS = ["minilm_l6", "ppocrv6_rec_small", "silero_vad_seq", "mtcnn_onet"]
 SETTINGS = {"8": dict(bits=8), "4": dict(bits=4), "4c": dict(bits=4, granularity="channel")}
 
@@ -41,14 +52,14 @@ SETTINGS = {"8": dict(bits=8), "4": dict(bits=4), "4c": dict(bits=4, granularity
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path(DEFAULT_CACHE), help="get_models.sh's cache (default %(default)s)")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="fetch_models.py's cache (default %(default)s)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--settings", default="8,4", help=f"comma list of {sorted(SETTINGS)}")
     ap.add_argument("--latency-seconds", type=float, default=6.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if not (args.cache / "models").is_dir():
-        print(f"no models in {args.cache}: run `bash ../shared/models/get_models.sh {args.cache}` first (skipping)")
+        print(f"no models in {args.cache}: {MISSING} (skipping)")
         return 0
 
     rows = []

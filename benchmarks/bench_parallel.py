@@ -21,8 +21,9 @@ from onnxcompress.encoding.encoded import encode_codebooks
 from onnxcompress.options import CodebookOptions, SelectOptions
 from onnxcompress.io.select import select_weights
 
+from harness import DEFAULT_CACHE
+
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -36,7 +37,7 @@ def best_of(fn, repeats: int = 3) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path(DEFAULT_CACHE))
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     cores = os.cpu_count() or 1

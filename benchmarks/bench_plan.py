@@ -1,7 +1,7 @@
 """The planner on real models: error targets, and error at equal size against onnxruntime's
 quantizers, in one run.
 
-    bash ../shared/models/get_models.sh     # once
+    python benchmarks/fetch_models.py     # once
     pip install -e ".[bench]"
     python benchmarks/bench_plan.py [--cache DIR] [--models a,b]
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from harness import compress_checked, model_inputs, session, task_result, write_json
+from harness import DEFAULT_CACHE, MISSING, compress_checked, model_inputs, session, task_result, write_json
 
 import onnxcompress
 from onnxcompress.runtime.verify import compare
@@ -42,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import matmul_nbits_4, quantize_dynamic_int8  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")
 MODELS = ["digits_mlp", "minilm_l6", "ppocrv6_rec_small", "silero_vad_seq", "mtcnn_onet"]
 MAX_ERROR = 0.01
 
@@ -59,7 +57,7 @@ def evaluate(name, path, feed, labels, ref, out_names) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path(DEFAULT_CACHE))
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -70,7 +68,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         for name in args.models.split(","):
             if name != "digits_mlp" and not (args.cache / "models" / f"{name}.onnx").exists():
-                print(f"{name}: not in {args.cache} (run ../shared/models/get_models.sh); skipped")
+                print(f"{name}: not in {args.cache} ({MISSING}); skipped")
                 continue
             src, feed, labels = model_inputs(name, args.cache)
             out_names = [o.name for o in session(src).get_outputs()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -16,6 +17,9 @@ import onnxruntime as ort
 
 import onnxcompress
 
+# where fetch_models.py puts the real models and their inputs
+DEFAULT_CACHE = Path(os.environ.get("ONNXCOMPRESS_MODELS", Path.home() / ".cache" / "onnxcompress" / "models"))
+MISSING = "run `python benchmarks/fetch_models.py` first"
 # a slice of each feed for the latency loop (batch-like first axis), so a run takes ~10-100 ms
 LATENCY_SLICE = {"minilm_l6": 8, "ppocrv6_rec_small": 4, "silero_vad_seq": 256, "mtcnn_onet": 16, "digits_mlp": 64}
 

@@ -1,6 +1,6 @@
 """The benchmark suite: onnxcompress against the tools users would pick instead, on real models.
 
-    bash ../shared/models/get_models.sh                 # once: the four real models
+    python benchmarks/fetch_models.py                   # once: the four real models
     pip install -e ".[bench]"                           # the peer tools
     python benchmarks/run.py [--quick] [--cache DIR]
 
@@ -32,13 +32,24 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-from harness import LATENCY_SLICE, compress_checked, latency_ratio, load_cost, model_inputs, session, sliced, task_result, write_json
+from harness import (
+    DEFAULT_CACHE,
+    MISSING,
+    LATENCY_SLICE,
+    compress_checked,
+    latency_ratio,
+    load_cost,
+    model_inputs,
+    session,
+    sliced,
+    task_result,
+    write_json,
+)
 
 import onnxcompress
 from onnxcompress.runtime.verify import compare
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_CACHE = os.environ.get("ONNXCOMPRESS_MODELS", "/tmp/onnxcompress-models-dev")
 REAL = ["minilm_l6", "ppocrv6_rec_small", "silero_vad_seq", "mtcnn_onet"]
 QUICK = ["digits_mlp", "silero_vad_seq", "mtcnn_onet"]
 
@@ -125,7 +136,7 @@ def measure(name, src, feed, labels, ref, out_names, tool, dst, latency_s, repea
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the three small models, fewer settings (under five minutes)")
-    ap.add_argument("--cache", type=Path, default=Path(DEFAULT_CACHE), help="get_models.sh's cache (default %(default)s)")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="fetch_models.py's cache (default %(default)s)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")  # the peer tools warn at length; their results speak
@@ -137,7 +148,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             if name != "digits_mlp" and not (args.cache / "models" / f"{name}.onnx").exists():
-                print(f"{name}: not in {args.cache} (run ../shared/models/get_models.sh); skipped", flush=True)
+                print(f"{name}: not in {args.cache} ({MISSING}); skipped", flush=True)
                 continue
             src, feed, labels = model_inputs(name, args.cache)
             orig = session(src)
