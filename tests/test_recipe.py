@@ -83,3 +83,16 @@ def test_a_recipe_says_what_it_keeps_and_what_it_encodes():
     labels = [describe(c) for c in recipe.choices.values()]
     assert labels == ["4 channel", "keep", "float16", "rank 12 + 8 tensor"]
     assert len({AsCodebook(4), AsCodebook(4), AsCodebook(4, compensate=True)}) == 2  # choices key the encodings
+
+
+def test_the_encoder_keeps_only_the_chosen_encodings():
+    """A planner measures several widths per weight; after the decision only the chosen ones
+    stay (each holds a byte per value until compress() returns)."""
+    weights = select_weights(two_layers(), SelectOptions(min_elements=64)).weights
+    encoder = Encoder(CodebookOptions())
+    w = weights[0]
+    four, eight = encoder.encode([(w, AsCodebook(4))])[0], encoder.encode([(w, AsCodebook(8))])[0]
+    assert encoder.encode([(w, AsCodebook(4))])[0] is four  # made once
+    encoder.keep_only({w.name: AsCodebook(8)})
+    assert encoder.encode([(w, AsCodebook(8))])[0] is eight
+    assert encoder.encode([(w, AsCodebook(4))])[0] is not four  # dropped, made again

@@ -99,6 +99,11 @@ class Encoder:
         """An encoding made elsewhere (a decision's trial), used for its choice from now on."""
         self._done[(e.site.name, e.choice)] = e
 
+    def keep_only(self, chosen: dict[str, Choice]) -> None:
+        """Drops the trial encodings no chosen (name, choice) uses: a planner measures several
+        widths per weight, and each holds a byte per value until compress() returns."""
+        self._done = {key: e for key, e in self._done.items() if key in chosen.items()}
+
     def encode(self, items: list[tuple[WeightSite, Choice]], progress: Progress = False) -> list[EncodedWeight]:
         """Each item's encoding, in order (one item per weight, no Keep); the codebooks not made
         yet run on all cores."""

@@ -188,13 +188,15 @@ def decide(p: Prepared, s: Settings, selection: Selection, ref: Reference, measu
     encoder = Encoder(s.codebook, s.lowrank, measured.importance, measured.covariance)
     sites = {w.name: w for w in selection.weights}
     builder = LastBuild(p.source, sites, encoder, s.target.ort_version(), progress)
+    planned = None
     if not s.plan.active():
         recipe = decide_fixed(selection.weights, s.method, s.codebook, s.lowrank, encoder, progress)
-        return Decision(recipe, None, builder)
-    calib = Calibration(ref.feeds, ref.outputs, _plan_metric(s.plan.metric, ref.names))
-    recipe, planned = make_plan(
-        p.source, selection.weights, s.plan, calib, p.loaded.file_bytes, encoder, lambda r: builder(r).model, progress
-    )
+    else:
+        calib = Calibration(ref.feeds, ref.outputs, _plan_metric(s.plan.metric, ref.names))
+        recipe, planned = make_plan(
+            p.source, selection.weights, s.plan, calib, p.loaded.file_bytes, encoder, lambda r: builder(r).model, progress
+        )
+    encoder.keep_only(recipe.encoded())
     return Decision(recipe, planned, builder)
 
 
@@ -211,8 +213,8 @@ def build(p: Prepared, s: Settings, selection: Selection, decision: Decision) ->
     """The recipe made into a model, recorded in its metadata; the weights it keeps join the
     selection's skipped ones."""
     recipe = decision.recipe
-    shapes = {w.name: tuple(w.array.shape) for w in selection.weights}
-    selection.skipped += [Skipped(name, shapes[name], reason) for name, reason in recipe.kept().items()]
+    sites = {w.name: w for w in selection.weights}
+    selection.skipped += [Skipped(name, tuple(sites[name].array.shape), reason) for name, reason in recipe.kept().items()]
     read_external(p.loaded, keep=set(recipe.encoded()))  # those kept stay as they were
     if not recipe.encoded():
         hint = "try a lower --energy or --rank, or --method lowrank+kmeans" if s.method == "lowrank" else "try fewer --bits"
