@@ -2,9 +2,9 @@
 
 from ._version import __version__
 from .api import Candidate, CompressResult, compare_models, compress, inspect, run_models
+from .encoding.kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans1d_batched
 from .errors import CompressError, OnnxCompressError, TargetError, VerificationError
 from .runtime.verify import Comparison, OutputDiff
-from .encoding.kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans1d_batched
 
 __all__ = [
     "__version__",

@@ -14,16 +14,18 @@ import numpy as np
 import onnx
 
 from .encoding.codebook import per_tensor_widths, sse_curve, storage_dtype
+from .encoding.encoded import weight_bytes
 from .errors import CompressError, VerificationError
 from .io.load import load_model
-from .encoding.encoded import weight_bytes
+from .io.select import Selection, select_weights
 from .options import SelectOptions
+from .pipeline.report import Report
 from .pipeline.stages import (
     ModelSource,
     Settings,
+    build,
     calibration_feeds,
     centroids,
-    build,
     decide,
     make_report,
     measure_inputs,
@@ -34,10 +36,9 @@ from .pipeline.stages import (
     verify,
 )
 from .progress import Progress
-from .pipeline.report import Report
-from .io.select import Selection, select_weights
-from .threads import one_blas_thread
+from .runtime.outputs import output_kinds
 from .runtime.verify import Comparison, OutputDiff, compare, run, session, synthesize_feed
+from .threads import one_blas_thread
 
 __all__ = ["ModelSource", "CompressResult", "compress", "compare_models", "run_models", "Candidate", "inspect"]
 
@@ -145,7 +146,7 @@ def run_models(
             results.append(run(sess, feeds, what, names))
         except VerificationError as e:
             raise CompressError(f"{e}; check --inputs") from None
-    return Comparison(names, results[0], results[1], compare(names, results[0], results[1]))
+    return Comparison(names, results[0], results[1], compare(names, results[0], results[1], output_kinds(first.model)))
 
 
 # -- inspect ------------------------------------------------------------------------------------

@@ -18,14 +18,14 @@ import numpy as np
 import onnx
 
 from .api import compress, run_models
-from .pipeline.stages import ModelSource, calibration_feeds
 from .errors import CompressError, OnnxCompressError
 from .io.load import load_model
-from .options import METHODS, METRIC_NAMES, SelectOptions
-from .plots import outputs_figure, png, weight_error_figure, weight_histogram_figure
-from .pipeline.report import Report, human, output_rows
 from .io.save import check_output_path, save_model
 from .io.select import select_weights
+from .options import METHODS, METRIC_NAMES, SelectOptions
+from .pipeline.report import Report, human, output_rows
+from .pipeline.stages import ModelSource, calibration_feeds
+from .plots import outputs_figure, png, weight_error_figure, weight_histogram_figure
 from .runtime.verify import Comparison, session
 
 Feeds = str | os.PathLike | dict | list[dict] | None

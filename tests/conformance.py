@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnxruntime as ort
+from decoded import encoded_weights, substitute_decoded
 from onnx import numpy_helper
 
 import onnxcompress as oc
-from onnxcompress.options import CodebookOptions, LowRankOptions, SelectOptions
 from onnxcompress.io.select import select_weights
-
-from decoded import encoded_weights, substitute_decoded
+from onnxcompress.options import CodebookOptions, LowRankOptions, SelectOptions
 
 ort.set_default_logger_severity(4)  # the originals onnxruntime rejects are counted, not logged
 

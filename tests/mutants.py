@@ -97,6 +97,13 @@ MUTANTS = [
         ("tests/test_compensate.py", "tests/test_recipe.py"),
     ),
     Mutant(
+        "an output of parts measured whole",
+        "onnxcompress/runtime/verify.py",
+        'if kind.kind == "parts" and kind.axis is not None',
+        'if kind.kind == "parts" and kind.axis is None',
+        ("tests/test_outputs.py",),
+    ),
+    Mutant(
         "within_size: no slope bisection",
         "onnxcompress/planning/ladder.py",
         "budget: int, steps: int = 8)",

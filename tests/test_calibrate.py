@@ -7,15 +7,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from models import ALL, F, conv_with, gemm_full, make_model, weight
 from onnx import TensorProto, helper
 
 import onnxcompress as oc
-from onnxcompress.runtime.calibrate import calibrate, importances
 from onnxcompress.encoding.codebook import encode_codebook
-from onnxcompress.options import CodebookOptions, SelectOptions
 from onnxcompress.io.select import select_weights
-
-from models import ALL, F, conv_with, gemm_full, make_model, weight
+from onnxcompress.options import CodebookOptions, SelectOptions
+from onnxcompress.runtime.calibrate import calibrate, importances
 
 
 def weights_of(model, feeds):

@@ -3,21 +3,19 @@ the input untouched."""
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import onnx
 import pytest
+from models import ALL
 from onnx import numpy_helper
+from oracles import ort_outputs, rel_l2
 
 from onnxcompress import cli
-
-from models import ALL
-from oracles import ort_outputs, rel_l2
 
 
 @pytest.fixture

@@ -14,17 +14,16 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models import ALL, conv_with, gemm_full, make_model, matmul_3d, matmul_chain, matmul_left
 from onnx import helper, numpy_helper
 
 import onnxcompress as oc
 import onnxcompress.encoding.compensate as comp
-from onnxcompress.runtime.calibrate import calibrate
-from onnxcompress.encoding.compensate import Covariance, compensate, output_distortion
 from onnxcompress.encoding.codebook import encode_codebook
-from onnxcompress.options import CodebookOptions, SelectOptions
+from onnxcompress.encoding.compensate import Covariance, compensate, output_distortion
 from onnxcompress.io.select import select_weights
-
-from models import ALL, conv_with, gemm_full, make_model, matmul_3d, matmul_chain, matmul_left
+from onnxcompress.options import CodebookOptions, SelectOptions
+from onnxcompress.runtime.calibrate import calibrate
 
 # The covariance is pulled 1% of the way towards its mean variance with no sample count given
 # (compensate.DAMPING): written out here, not imported, so a changed constant fails a test.

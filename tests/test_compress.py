@@ -8,14 +8,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from decoded import substitute_decoded
+from models import ALL, feed_for, matmul, matmul_chain
 
 import onnxcompress as oc
 from onnxcompress.encoding.codebook import encode_codebook
-from onnxcompress.options import CodebookOptions, SelectOptions
 from onnxcompress.io.select import select_weights
-
-from decoded import substitute_decoded
-from models import ALL, feed_for, matmul, matmul_chain
+from onnxcompress.options import CodebookOptions, SelectOptions
 
 
 def run(model: onnx.ModelProto, feed):

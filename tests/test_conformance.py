@@ -5,7 +5,6 @@ every setting: the result passes the checker, loads, and matches the decoded-wei
 from __future__ import annotations
 
 import pytest
-
 from conformance import SETTINGS, summary, sweep
 
 # Share of the cases each setting reached that it compressed (the rest compress refused: no

@@ -9,8 +9,8 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 
-from onnxcompress.graph.decode import build_decoder, pack_plane, plane_widths
 from onnxcompress.encoding.codebook import encode_codebook
+from onnxcompress.graph.decode import build_decoder, pack_plane, plane_widths
 from onnxcompress.options import CodebookOptions
 
 

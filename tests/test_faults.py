@@ -7,9 +7,8 @@ import errno
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
-
 from models import ALL, F, make_model, weight
+from onnx import helper, numpy_helper
 from test_cli import assert_bad_input
 
 

@@ -9,24 +9,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper
+from decoded import encoded_weights, substitute_decoded
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models import ALL, FACTORABLE, F, conv_with, feed_for, low_rank_weight, make_model
+from onnx import helper
 
 import onnxcompress as oc
 from onnxcompress.encoding.lowrank import (
-    singular_values,
     break_even_rank,
     encode_lowrank,
     factor_kind,
     rank_for_energy,
+    singular_values,
     truncated_svd,
 )
-from onnxcompress.options import CodebookOptions, LowRankOptions, SelectOptions
 from onnxcompress.io.select import select_weights
-
-from decoded import encoded_weights, substitute_decoded
-from models import ALL, F, FACTORABLE, conv_with, feed_for, low_rank_weight, make_model
+from onnxcompress.options import CodebookOptions, LowRankOptions, SelectOptions
 
 
 def run(model: onnx.ModelProto, feed):

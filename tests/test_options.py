@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 import pytest
+from models import ALL
 
 from onnxcompress import compress
 from onnxcompress.cli import _compress_parser
@@ -18,8 +19,6 @@ from onnxcompress.options import (
     groups_from_args,
     groups_from_kwargs,
 )
-
-from models import ALL
 
 
 def test_every_field_is_a_flag_with_the_same_default():

@@ -9,11 +9,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from models import ALL, F, make_model, matmul_chain
+from onnx import helper
 
 import onnxcompress as oc
+from onnxcompress.io.select import WeightSite
+from onnxcompress.planning.candidates import tensor_options
 from onnxcompress.planning.ladder import (
     Option,
     Plan,
@@ -24,11 +27,7 @@ from onnxcompress.planning.ladder import (
     search_error,
     within_size,
 )
-from onnxcompress.planning.candidates import tensor_options
 from onnxcompress.recipe import AsCodebook, Keep
-from onnxcompress.io.select import WeightSite
-
-from models import ALL, F, make_model, matmul_chain
 
 
 def site(name: str, shape=(64, 32), seed=0) -> WeightSite:

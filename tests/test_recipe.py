@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from models import low_rank_weight
 
 from onnxcompress.encoding.encoded import Encoder
+from onnxcompress.io.select import select_weights
 from onnxcompress.options import CodebookOptions, LowRankOptions, SelectOptions
 from onnxcompress.pipeline import stages
 from onnxcompress.pipeline.build import build
 from onnxcompress.planning.fixed import decide_fixed
 from onnxcompress.recipe import AsCodebook, AsFloat16, AsPair, Keep, Recipe, describe
-from onnxcompress.io.select import select_weights
-
-from models import low_rank_weight
 
 
 def two_layers():

@@ -9,11 +9,10 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+from models import F, make_model
 from onnx import helper
 
 from onnxcompress import cli
-
-from models import F, make_model
 
 FEEDS = 3  # x@0..x@2 and z@0..z@2, each feed its own batch size
 

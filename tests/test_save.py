@@ -6,13 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from models import ALL, feed_for, make_model
 from onnx import TensorProto, helper
 
 import onnxcompress as oc
 import onnxcompress.io.save as save_module
 from onnxcompress.runtime.verify import synthesize_feed
-
-from models import ALL, feed_for, make_model
 
 
 def test_model_with_external_data_compresses(tmp_path):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from models import F, make_model, matmul_chain, weight
 from onnx import TensorProto, helper
 
-from onnxcompress.options import SelectOptions
 from onnxcompress.io.select import select_weights
-
-from models import F, make_model, matmul_chain, weight
+from onnxcompress.options import SelectOptions
 
 
 def names(model, **opts):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from models import F, make_model
 from onnx import helper
+from oracles import ort_outputs, rel_l2
 
 import onnxcompress as oc
 import onnxcompress.planning.plan as plan_module
-
-from models import F, make_model
-from oracles import ort_outputs, rel_l2
 
 # A plan made on some inputs may drift on others; this much is the margin the README promises
 # nowhere and the tests allow: half as much again as the target.

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from models import matmul_chain
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import onnxcompress as oc
-
-from models import matmul_chain
 
 
 def blas_threads() -> set[int]:

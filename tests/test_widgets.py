@@ -10,12 +10,12 @@ import pytest
 
 pytest.importorskip("ipywidgets", reason="the widgets need the notebook extra: pip install -e '.[test]'")
 
+from models import matmul  # noqa: E402
+
 from onnxcompress import compare_models, compress  # noqa: E402
 from onnxcompress.demo import example_data, example_model  # noqa: E402
 from onnxcompress.plots import MAX_POINTS  # noqa: E402
 from onnxcompress.widgets import CompressionExplorer, compare_widget  # noqa: E402
-
-from models import matmul  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kmeans import kmeans1d, kmeans1d_batched
 from ..options import CodebookOptions
+from .kmeans import kmeans1d, kmeans1d_batched
 
 # Tensor-level k-means is exact when its DP is cheap; past this many value-clusters (n * k) a
 # large all-distinct tensor takes the binned path under --kmeans auto (about 0.1 s at the limit;

@@ -11,14 +11,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .compensate import Covariance, compensate
 from ..dtypes import itemsize
-from .codebook import Codebook, encode_codebook, relative_error
-from .lowrank import LowRankPair, as_matrix, encode_lowrank, factor_sites
+from ..io.select import WeightSite
 from ..options import CodebookOptions, LowRankOptions
 from ..progress import Progress, progress_bar
 from ..recipe import AsCodebook, AsFloat16, AsPair, Choice
-from ..io.select import WeightSite
+from .codebook import Codebook, encode_codebook, relative_error
+from .compensate import Covariance, compensate
+from .lowrank import LowRankPair, as_matrix, encode_lowrank, factor_sites
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dtypes import BFLOAT16
-from .codebook import relative_error
-from ..options import LowRankOptions
 from ..io.select import Consumer, WeightSite
+from ..options import LowRankOptions
+from .codebook import relative_error
 
 # Which consumers a pair can replace, and how the weight is read there.
 MATRIX_CONSUMERS = {("MatMul", 0), ("MatMul", 1), ("Gemm", 1), ("Gather", 0)}

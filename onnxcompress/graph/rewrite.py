@@ -14,10 +14,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .._version import __version__
-from .decode import build_decoder
 from ..dtypes import numpy_dtype
 from ..encoding.codebook import Codebook
 from ..io.select import WeightSite
+from .decode import build_decoder
 
 
 def default_opset(model: onnx.ModelProto) -> int:

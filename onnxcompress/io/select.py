@@ -13,8 +13,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..dtypes import BFLOAT16, bfloat16_to_float32, file_dtype
-from .load import external_extent
 from ..options import SelectOptions
+from .load import external_extent
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT: "float32",

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import onnx
 
 from ..encoding.encoded import EncodedWeight, Encoder
-from ..progress import Progress
-from ..recipe import Recipe
 from ..graph.rewrite import default_opset, rewrite_casts, rewrite_graph
 from ..graph.rewrite_lowrank import rewrite_pairs
 from ..io.select import WeightSite
+from ..progress import Progress
+from ..recipe import Recipe
 
 
 @dataclass

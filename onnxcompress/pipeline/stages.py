@@ -14,14 +14,14 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
-from .build import LastBuild
-from ..runtime.calibrate import calibrate
 from ..encoding.compensate import Covariance
-from ..graph.decode import check_opset
 from ..encoding.encoded import EncodedWeight, Encoder
 from ..errors import CompressError, VerificationError, first_line
-from ..planning.fixed import decide_fixed
+from ..graph.decode import check_opset
+from ..graph.rewrite import default_opset, record
 from ..io.load import LoadedModel, load_model, read_external
+from ..io.save import check_output_path, save_model
+from ..io.select import Selection, Skipped, select_weights
 from ..options import (
     CodebookOptions,
     LowRankOptions,
@@ -32,15 +32,16 @@ from ..options import (
     VerifyOptions,
     groups_from_kwargs,
 )
+from ..planning.fixed import decide_fixed
 from ..planning.plan import FEATURE_FLOOR, make_plan
 from ..planning.probe import Calibration
 from ..progress import Progress
 from ..recipe import Recipe
-from .report import Report, TensorReport
-from ..graph.rewrite import default_opset, record
-from ..io.save import check_output_path, save_model
-from ..io.select import Selection, Skipped, select_weights
+from ..runtime.calibrate import calibrate
+from ..runtime.outputs import OutputKind, output_kinds
 from ..runtime.verify import Comparison, compare, error_of, load_feeds, run, session, synthesize_feed
+from .build import LastBuild
+from .report import Report, TensorReport
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 FeedList = list[dict[str, np.ndarray]]
@@ -118,6 +119,7 @@ class Reference:
     feeds: FeedList
     outputs: list[list[np.ndarray]]
     names: list[str]
+    kinds: dict[str, OutputKind]  # what each output means, so its error is measured as its task reads it
 
 
 def reference_outputs(p: Prepared, s: Settings, calibration: Any) -> Reference:
@@ -135,7 +137,7 @@ def reference_outputs(p: Prepared, s: Settings, calibration: Any) -> Reference:
         except VerificationError as e:
             hint = "check the --inputs file" if s.real_inputs else "pass --inputs FILE.npz with real inputs, or --no-verify"
             raise CompressError(f"{e}; {hint}") from None
-    return Reference(feeds, reference, [o.name for o in sess.get_outputs()])
+    return Reference(feeds, reference, [o.name for o in sess.get_outputs()], output_kinds(p.source))
 
 
 def select(p: Prepared, s: Settings) -> Selection:
@@ -192,7 +194,7 @@ def decide(p: Prepared, s: Settings, selection: Selection, ref: Reference, measu
     if not s.plan.active():
         recipe = decide_fixed(selection.weights, s.method, s.codebook, s.lowrank, encoder, progress)
     else:
-        calib = Calibration(ref.feeds, ref.outputs, _plan_metric(s.plan.metric, ref.names))
+        calib = Calibration(ref.feeds, ref.outputs, _plan_metric(s.plan.metric, ref.names, ref.kinds), ref.names, ref.kinds)
         recipe, planned = make_plan(
             p.source, selection.weights, s.plan, calib, p.loaded.file_bytes, encoder, lambda r: builder(r).model, progress
         )
@@ -267,7 +269,7 @@ def verify(p: Prepared, built: Built, ref: Reference, report: Report, progress: 
         target = p.out_path if p.out_path is not None else built.model
         sess = session(target, "the compressed model", fold=not report.verified_unfolded)
         candidate = run(sess, ref.feeds, "the compressed model")
-        report.outputs = compare(ref.names, ref.outputs, candidate)
+        report.outputs = compare(ref.names, ref.outputs, candidate, ref.kinds)
     except VerificationError as e:
         if p.out_path is not None:
             p.out_path.unlink(missing_ok=True)
@@ -323,14 +325,14 @@ def _original_session(loaded: LoadedModel, source: onnx.ModelProto, converted: b
         raise CompressError(f"{e}; the input must run in onnxruntime (try --opset N to convert it)") from None
 
 
-def _plan_metric(metric, names: list[str]):
+def _plan_metric(metric, names: list[str], kinds: dict[str, OutputKind]):
     """The planner's measure: the error of a model's outputs against the original's."""
 
     def measure(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
         if callable(metric):
             as_dicts = [dict(zip(names, outs, strict=True)) for outs in reference]
             return float(metric(as_dicts, [dict(zip(names, outs, strict=True)) for outs in candidate]))
-        return error_of(compare(names, reference, candidate), metric)
+        return error_of(compare(names, reference, candidate, kinds), metric)
 
     return measure
 

@@ -10,7 +10,6 @@ import numpy as np
 from ..encoding.codebook import channel_rows, codebook_size, per_tensor_widths, storage_dtype
 from ..encoding.encoded import EncodedWeight, pair_encoding
 from ..encoding.kmeans import kmeans1d_batched
-from .ladder import Option, TensorOptions, lower_hull
 from ..encoding.lowrank import (
     as_matrix,
     break_even_rank,
@@ -20,9 +19,10 @@ from ..encoding.lowrank import (
     singular_values,
     truncated_svd,
 )
+from ..io.select import WeightSite
 from ..options import CodebookOptions, LowRankOptions
 from ..recipe import AsCodebook, AsFloat16, AsPair, Keep
-from ..io.select import WeightSite
+from .ladder import Option, TensorOptions, lower_hull
 
 # What a codebook's decode nodes cost in the file beyond indices and centroids (names, shapes,
 # node protos), measured on MiniLM's rewrites; it matters only for small tensors.

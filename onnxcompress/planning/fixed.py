@@ -13,10 +13,10 @@ from dataclasses import replace
 
 from ..encoding.encoded import EncodedWeight, Encoder, pair_encoding, weight_bytes
 from ..encoding.lowrank import LowRankPair, as_matrix, break_even_rank, encode_lowrank, factor_kind, truncated_svd
+from ..io.select import WeightSite
 from ..options import CodebookOptions, LowRankOptions
 from ..progress import Progress, progress_bar
 from ..recipe import AsCodebook, AsPair, Keep, Recipe
-from ..io.select import WeightSite
 
 
 def decide_fixed(

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..recipe import Choice, Keep, Recipe, describe
 from ..io.select import WeightSite
+from ..recipe import Choice, Keep, Recipe, describe
 
 # Slopes on the ladder's log grid; the searches bisect between its plans where it jumps.
 LADDER_STEPS = 96

@@ -19,19 +19,19 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from .candidates import DECODER_BYTES, pair_options, tensor_options
-from ..encoding.compensate import compensate
 from ..encoding.codebook import Codebook
+from ..encoding.compensate import compensate
 from ..encoding.encoded import EncodedWeight, Encoder, weight_bytes
 from ..errors import TargetError, VerificationError
-from .ladder import Plan, PlanTrace, TensorOptions, ladder, lower_hull, search_error, within_size
-from ..options import PlanOptions
-from .probe import Calibration, Probe, compensation_ratios, output_gains
-from ..progress import Progress
-from ..recipe import AsCodebook, AsFloat16, Keep, Recipe
 from ..graph.rewrite import default_opset
 from ..io.select import WeightSite
+from ..options import PlanOptions
+from ..progress import Progress
+from ..recipe import AsCodebook, AsFloat16, Keep, Recipe
 from ..runtime.verify import run, session
+from .candidates import DECODER_BYTES, pair_options, tensor_options
+from .ladder import Plan, PlanTrace, TensorOptions, ladder, lower_hull, search_error, within_size
+from .probe import Calibration, Probe, compensation_ratios, output_gains
 
 # Added to each input feature's mean square (in units of their mean) in the importances the
 # planner weighs by: from few inputs a feature's mean square is noisy, and one quiet on them

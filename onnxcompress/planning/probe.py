@@ -5,14 +5,15 @@ new session); and from it each tensor's gain, how strongly its distortion reache
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from ..encoding.compensate import Covariance, output_distortion
 from ..encoding.codebook import Codebook
+from ..encoding.compensate import Covariance, output_distortion
 from ..io.select import WeightSite
+from ..runtime.outputs import OutputKind
 from ..runtime.verify import compare, error_of, run, session
 
 # The gain probes run on a quarter of the calibration rows, 4 to 12 of them, spread over the
@@ -28,6 +29,8 @@ class Calibration:
     feeds: list[dict[str, np.ndarray]]
     reference: list[list[np.ndarray]]
     error: Callable[[list[list[np.ndarray]], list[list[np.ndarray]]], float]
+    names: list[str] = field(default_factory=list)  # the outputs, in the order the runs give them
+    kinds: dict[str, OutputKind] = field(default_factory=dict)  # what each means (runtime/outputs.py)
 
 
 class Probe:
@@ -70,7 +73,8 @@ def output_gains(
         decoded = eight[w.name].decoded().astype(w.array.dtype)
         distortion = float(np.sum(weight * (decoded - a) ** 2) / max(np.sum(weight * a * a), 1e-300))
         got = probe.run(feed, {w.name: decoded})
-        err = error_of(compare([str(i) for i in range(len(got[0]))], base, got), "rel-l2")
+        names = calib.names or [str(i) for i in range(len(got[0]))]
+        err = error_of(compare(names, base, got, calib.kinds), "rel-l2")  # an output's parts each count
         if distortion > 0 and np.isfinite(err):
             gains[w.name] = max(err, 1e-12) ** 2 / distortion
     if gains:

@@ -12,15 +12,18 @@ import onnxruntime as ort
 
 from ..errors import CompressError, VerificationError, first_line
 from ..options import METRIC_NAMES
+from .outputs import OutputKind
 
 
 @dataclass
 class OutputDiff:
     name: str
     max_abs: float
-    rel_l2: float
+    rel_l2: float  # for an output of parts (outputs.py), its worst part's
     cosine: float
     top1: float | None = None  # share of positions whose argmax agrees, for classifier-like outputs
+    kind: str = "dense"  # what the output is (outputs.py), and so how rel_l2 was measured
+    flips: float | None = None  # probabilities: the share of decisions at 0.5 that changed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,37 +135,79 @@ def run(
         raise VerificationError(f"{what} failed to run in onnxruntime: {first_line(e, 200)}") from None
 
 
-def compare(names: list[str], reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> list[OutputDiff]:
-    """Per output, over all feeds: max abs error, relative L2 error, cosine similarity, and
-    top-1 agreement where the output looks like a classifier's."""
+def compare(
+    names: list[str],
+    reference: list[list[np.ndarray]],
+    candidate: list[list[np.ndarray]],
+    kinds: dict[str, OutputKind] | None = None,
+) -> list[OutputDiff]:
+    """Per output, over all feeds: max abs error, relative L2 error (of the worst part, for an
+    output of parts), cosine similarity, top-1 agreement where the output is or looks like class
+    scores, and the decisions that flip for probabilities. `kinds`: each output's kind by name
+    (outputs.output_kinds of the original); without one an output is dense."""
     diffs = []
     for j, name in enumerate(names):
-        top1 = _top1(name, [r[j] for r in reference], [c[j] for c in candidate])
-        dd = aa = bb = 0.0
-        peak, size = np.float64(0.0), 0
-        for ref, cand in zip(reference, candidate, strict=True):
-            a, b = np.asarray(ref[j]).reshape(-1), np.asarray(cand[j]).reshape(-1)
-            if a.size != b.size:
-                raise VerificationError(f"output {name!r} has {b.size} values in the compressed model, {a.size} in the original")
-            size += a.size
-            # float64 a block at a time: the sums stay exact enough for a cosine of 1 - 1e-12,
-            # without a float64 copy of the whole output (the planner compares ~60 times)
-            for start in range(0, a.size, _BLOCK):
-                x = a[start : start + _BLOCK].astype(np.float64)
-                y = b[start : start + _BLOCK].astype(np.float64)
-                d = y - x
-                dd, aa, bb = dd + float(d @ d), aa + float(x @ x), bb + float(y @ y)
-                peak = np.maximum(peak, np.abs(d).max())  # np.maximum, not max(): a NaN must show
-        if size == 0:
-            diffs.append(OutputDiff(name, 0.0, 0.0, 1.0, top1))
-            continue
+        kind = (kinds or {}).get(name, DENSE)
+        refs, cands = [r[j] for r in reference], [c[j] for c in candidate]
+        for a, b in zip(refs, cands, strict=True):
+            if np.size(a) != np.size(b):
+                raise VerificationError(
+                    f"output {name!r} has {np.size(b)} values in the compressed model, {np.size(a)} in the original"
+                )
+        dd, aa, bb, peak = _sums(refs, cands)
         na, nb = np.sqrt(aa), np.sqrt(bb)
         rel = float(np.sqrt(dd) / na) if na > 0 else float(np.sqrt(dd))
+        if kind.kind == "parts" and kind.axis is not None and kind.axis < np.ndim(refs[0]):
+            rel = max(rel_l2_of_parts(refs, cands, kind), default=rel)
         # 1 - cos from the difference: exact for equal outputs, and accurate where a @ b / (|a||b|)
         # would round 1 - cos (5e-5 after 8 bits) to its last digits
         cos = float(1 - max(dd - (na - nb) ** 2, 0.0) / (2 * na * nb)) if na > 0 and nb > 0 else float(na == nb)
-        diffs.append(OutputDiff(name, float(peak), rel, cos, top1))
+        top1 = _top1(name, refs, cands, kind.kind == "classes")
+        flips = _flips(refs, cands) if kind.kind == "probabilities" else None
+        diffs.append(OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips))
     return diffs
+
+
+DENSE = OutputKind("dense")
+
+
+def _sums(refs: list[np.ndarray], cands: list[np.ndarray]) -> tuple[float, float, float, float]:
+    """Sum of squared differences, of squares of each side, and the largest absolute difference."""
+    dd = aa = bb = 0.0
+    peak = np.float64(0.0)
+    for ref, cand in zip(refs, cands, strict=True):
+        a, b = np.asarray(ref).reshape(-1), np.asarray(cand).reshape(-1)
+        # float64 a block at a time: the sums stay exact enough for a cosine of 1 - 1e-12,
+        # without a float64 copy of the whole output (the planner compares ~60 times)
+        for start in range(0, a.size, _BLOCK):
+            x = a[start : start + _BLOCK].astype(np.float64)
+            y = b[start : start + _BLOCK].astype(np.float64)
+            d = y - x
+            dd, aa, bb = dd + float(d @ d), aa + float(x @ x), bb + float(y @ y)
+            peak = np.maximum(peak, np.abs(d).max())  # np.maximum, not max(): a NaN must show
+    return dd, aa, bb, float(peak)
+
+
+def rel_l2_of_parts(refs: list[np.ndarray], cands: list[np.ndarray], kind: OutputKind) -> list[float]:
+    """Each part's relative L2 error over all feeds: the spans of kind.sizes along kind.axis, or
+    every slice along it. A part that is zero in the original counts its absolute error."""
+    extent = np.shape(refs[0])[kind.axis]
+    bounds = np.cumsum((0, *kind.sizes)) if kind.sizes and sum(kind.sizes) == extent else np.arange(extent + 1)
+    dd = np.zeros(len(bounds) - 1)
+    aa = np.zeros(len(bounds) - 1)
+    for ref, cand in zip(refs, cands, strict=True):
+        a = np.moveaxis(np.asarray(ref, dtype=np.float64), kind.axis, 0)
+        d = np.moveaxis(np.asarray(cand, dtype=np.float64), kind.axis, 0) - a
+        for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            dd[k] += float(np.sum(d[lo:hi] ** 2))
+            aa[k] += float(np.sum(a[lo:hi] ** 2))
+    return [float(np.sqrt(d / a)) if a > 0 else float(np.sqrt(d)) for d, a in zip(dd, aa, strict=True)]
+
+
+def _flips(refs: list[np.ndarray], cands: list[np.ndarray]) -> float:
+    changed = sum(int(np.sum((np.asarray(a) > 0.5) != (np.asarray(b) > 0.5))) for a, b in zip(refs, cands, strict=True))
+    total = sum(np.size(a) for a in refs)
+    return changed / total if total else 0.0
 
 
 _BLOCK = 1 << 16
@@ -171,15 +216,16 @@ _SOFTMAX_CHECK_ROWS = 256
 _CLASSIFIER_NAME = re.compile(r"prob|logit|score|class|label|softmax", re.IGNORECASE)
 
 
-def _top1(name: str, reference: list[np.ndarray], candidate: list[np.ndarray]) -> float | None:
-    """Argmax agreement along the last axis, for outputs that look like class scores: a name
-    that says so, or rows that sum to one (softmax)."""
+def _top1(name: str, reference: list[np.ndarray], candidate: list[np.ndarray], classes: bool = False) -> float | None:
+    """Argmax agreement along the last axis, for outputs that are class scores (`classes`: a
+    Softmax or LogSoftmax made them) or look like them: a name that says so, or rows that sum
+    to one."""
     first = np.asarray(reference[0])
     if first.dtype.kind != "f" or first.ndim < 2 or not 2 <= first.shape[-1] <= 1_000_000:
         return None
     rows = first.reshape(-1, first.shape[-1])[:_SOFTMAX_CHECK_ROWS].astype(np.float64)
     softmax = bool(np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
-    if not (softmax or _CLASSIFIER_NAME.search(name)):
+    if not (classes or softmax or _CLASSIFIER_NAME.search(name)):
         return None
     same = total = 0
     for a, b in zip(reference, candidate, strict=True):
