@@ -76,7 +76,7 @@ class OutputsView(w.VBox):
 
     def show(self, comparison: Comparison) -> None:
         self.comparison = comparison
-        self.table.value = html_table(*output_rows(comparison.diffs))
+        self.table.value = html_table(*output_rows(comparison.diffs), numeric_from=2)  # name and kind are text
         names = list(comparison.names)
         if not _choose(self.choice, names, self.choice.value):
             self._draw()

@@ -162,6 +162,11 @@ def _run_quickstart(page, base: str, token: str, tmp_path: Path) -> None:
     assert chart.evaluate("img => img.naturalWidth") > 300
     explorer.locator(".lm-TabBar-tab", has_text="Outputs").click()
     expect(explorer).to_contain_text("relative L2")
+    expect(explorer.locator("td", has_text="classes")).to_be_visible()  # the output's kind, from its Softmax
+    outputs_chart = explorer.locator("img.widget-image:visible").last  # the Outputs tab's, not a hidden tab's
+    expect(outputs_chart).to_be_visible()
+    # the kernel draws the chart after the table shows: wait until the picture has arrived
+    page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=outputs_chart.element_handle())
     shot = tmp_path / "quickstart_explorer.png"
     explorer.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
