@@ -136,3 +136,69 @@ def test_a_plan_holds_where_inputs_quiet_in_calibration_wake_up():
     r = oc.compress(model, min_elements=64, max_error=0.03, calibration=calibration)
     assert rel_l2(ort_outputs(model, [calibration]), ort_outputs(r.model, [calibration]), 0) <= 0.03
     assert rel_l2(ort_outputs(model, [later]), ort_outputs(r.model, [later]), 0) <= 0.03 * HELD_OUT_MARGIN
+
+
+# -- too few inputs: the plan on halves of them --------------------------------------------------
+
+
+def split_weight(seed: int = 0):
+    """x @ W where the first 32 input features meet a Gaussian block of W and the last 32 a
+    block of small values with a few large ones: rows that excite one block or the other see
+    different errors from the same codebook."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(64, 48)).astype(np.float32)
+    tail = rng.normal(size=(32, 48)) * 0.1
+    mask = rng.random(tail.shape) < 0.05
+    tail[mask] = rng.choice([-3.0, 3.0], size=mask.sum())
+    w[32:] = tail
+    model = make_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [("x", F, ["b", 64])], [("y", F, ["b", 48])], [("W", w)])
+    x = np.zeros((32, 64), np.float32)
+    x[:16, :32] = rng.normal(size=(16, 32))
+    x[16:, 32:] = rng.normal(size=(16, 32)) * 1.5
+    return model, x
+
+
+def test_a_plan_met_on_all_inputs_but_not_on_half_of_them_says_so(capsys):
+    model, x = split_weight()
+    r = oc.compress(model, min_elements=64, max_error=0.01, calibration={"x": x})
+    plan = r.report.plan
+    assert plan["measured"] <= 0.01
+    # the halves, recomputed: the first and second 16 rows, then even and odd
+    want, got = ort_outputs(model, [{"x": x}])[0][0], ort_outputs(r.model, [{"x": x}])[0][0]
+    picks = [slice(0, 16), slice(16, 32), slice(0, 32, 2), slice(1, 32, 2)]
+    expected = [np.linalg.norm(got[p] - want[p]) / np.linalg.norm(want[p]) for p in picks]
+    assert plan["halves"] == pytest.approx(expected, rel=1e-6)
+    assert max(expected) > 0.01
+    r.report.render()
+    assert "too few inputs for the target to be sure of" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+
+
+def test_inputs_alike_in_both_halves_raise_no_warning(capsys):
+    model, _ = split_weight()
+    x = np.random.default_rng(5).normal(size=(32, 64)).astype(np.float32)
+    r = oc.compress(model, min_elements=64, max_error=0.01, calibration={"x": x})
+    assert max(r.report.plan["halves"]) <= 0.01
+    r.report.render()
+    assert "too few inputs" not in " ".join(capsys.readouterr().out.split())
+
+
+def test_halves_cut_feeds_or_the_rows_of_a_shared_batch():
+    from onnxcompress.planning.probe import halves
+
+    outs = [[np.full((2, 3), k, np.float32)] for k in range(6)]
+    by_feed = halves([{"x": np.zeros(2)}] * 6, outs, outs)
+    assert [[o[0][0, 0] for o in ref] for ref, _ in by_feed] == [[0, 1, 2], [3, 4, 5], [0, 2, 4], [1, 3, 5]]
+    rows = np.arange(8.0)[:, None]
+    (first, _), (second, _), (even, _), (odd, _) = halves([{"x": rows}], [[rows]], [[rows]])
+    assert first[0][0].ravel().tolist() == [0, 1, 2, 3] and odd[0][0].ravel().tolist() == [1, 3, 5, 7]
+    state = np.zeros((1, 4))  # an output without the batch (a recurrent state): rows cannot be cut
+    assert halves([{"x": rows}], [[rows, state]], [[rows, state]]) == []
+    assert halves([{"x": rows[:3]}], [[rows[:3]]], [[rows[:3]]]) == []  # too few rows to halve
+
+
+def test_a_target_that_cannot_be_checked_on_halves_says_so():
+    from onnxcompress.pipeline.report import too_few_inputs
+
+    assert "could not be checked on halves" in too_few_inputs({"max_error": 0.01, "measured": 0.009, "halves": []})
+    assert too_few_inputs({"max_error": None, "measured": 0.009, "halves": []}) is None  # a size target
+    assert too_few_inputs({"max_error": 0.01, "measured": 0.009, "halves": [0.008, 0.0099]}) is None

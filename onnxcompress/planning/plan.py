@@ -31,7 +31,7 @@ from ..recipe import AsCodebook, AsFloat16, Keep, Recipe
 from ..runtime.verify import run, session
 from .candidates import DECODER_BYTES, pair_options, tensor_options
 from .ladder import Plan, PlanTrace, TensorOptions, ladder, lower_hull, search_error, within_size
-from .probe import Calibration, Probe, compensation_ratios, output_gains
+from .probe import Calibration, Probe, compensation_ratios, halves, output_gains
 
 # Added to each input feature's mean square (in units of their mean) in the importances the
 # planner weighs by: from few inputs a feature's mean square is noisy, and one quiet on them
@@ -79,6 +79,9 @@ def make_plan(
     info = {
         "target": target,
         "measured": best.measured,
+        # the chosen plan on halves of the inputs: a half over an error target means too few inputs
+        "halves": measure.on_halves(),
+        "max_error": plan_o.max_error,
         "plans_on_ladder": len(plans),
         "candidates": [{"bytes": b + other_bytes, "error": e} for b, e in trace.evaluations],
         "estimated_bytes": best.bytes + other_bytes,
@@ -160,6 +163,7 @@ class _Measure:
     def __init__(self, weights, encoder: Encoder, calib: Calibration, probe: Probe | None, build: Build, progress: Progress):
         self.sites = {w.name: w for w in weights}
         self.encoder, self.calib, self.probe, self.build, self.progress = encoder, calib, probe, build, progress
+        self.outputs: list[list[np.ndarray]] = []  # the last built plan's outputs on the calibration inputs
 
     def __call__(self, plan: Plan) -> float:
         recipe = plan.recipe()
@@ -172,7 +176,12 @@ class _Measure:
 
     def built(self, recipe: Recipe) -> float:
         model = self.build(recipe)
-        return self.calib.error(self.calib.reference, run(session(model, "a planned model"), self.calib.feeds, "a planned model"))
+        self.outputs = run(session(model, "a planned model"), self.calib.feeds, "a planned model")
+        return self.calib.error(self.calib.reference, self.outputs)
+
+    def on_halves(self) -> list[float]:
+        """The last built plan's error on each half of the calibration inputs (probe.halves)."""
+        return [self.calib.error(ref, cand) for ref, cand in halves(self.calib.feeds, self.calib.reference, self.outputs)]
 
 
 def _meet_error(
