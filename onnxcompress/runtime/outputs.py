@@ -32,7 +32,7 @@ class OutputKind:
         if self.kind != "parts":
             return self.kind
         if self.axis is None:
-            return "parts (axis lost in a reshape: measured whole)"
+            return "parts (axis unknown: measured whole)"
         count = f"{len(self.sizes)} parts" if self.sizes else "each slice"
         return f"parts ({count} along axis {self.axis})"
 
