@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxcompress
 
 PACKAGE = Path(onnxcompress.__file__).parent
-SHARED = {"_version", "errors", "options", "progress", "threads", "dtypes", "recipe", "_kmeans_native"}
+SHARED = {"_version", "errors", "options", "progress", "threads", "memory", "dtypes", "recipe", "_kmeans_native"}
 # bottom to top; the package top's other modules (api, cli, widgets, plots, demo) are the faces
 LAYERS = ["io", "encoding", "graph", "runtime", "planning", "pipeline"]
 

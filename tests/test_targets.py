@@ -186,14 +186,14 @@ def test_halves_cut_feeds_or_the_rows_of_a_shared_batch():
     from onnxcompress.planning.probe import halves
 
     outs = [[np.full((2, 3), k, np.float32)] for k in range(6)]
-    by_feed = halves([{"x": np.zeros(2)}] * 6, outs, outs)
+    by_feed = list(halves([{"x": np.zeros(2)}] * 6, outs, outs))
     assert [[o[0][0, 0] for o in ref] for ref, _ in by_feed] == [[0, 1, 2], [3, 4, 5], [0, 2, 4], [1, 3, 5]]
     rows = np.arange(8.0)[:, None]
     (first, _), (second, _), (even, _), (odd, _) = halves([{"x": rows}], [[rows]], [[rows]])
     assert first[0][0].ravel().tolist() == [0, 1, 2, 3] and odd[0][0].ravel().tolist() == [1, 3, 5, 7]
     state = np.zeros((1, 4))  # an output without the batch (a recurrent state): rows cannot be cut
-    assert halves([{"x": rows}], [[rows, state]], [[rows, state]]) == []
-    assert halves([{"x": rows[:3]}], [[rows[:3]]], [[rows[:3]]]) == []  # too few rows to halve
+    assert list(halves([{"x": rows}], [[rows, state]], [[rows, state]])) == []
+    assert list(halves([{"x": rows[:3]}], [[rows[:3]]], [[rows[:3]]])) == []  # too few rows to halve
 
 
 def test_a_target_that_cannot_be_checked_on_halves_says_so():

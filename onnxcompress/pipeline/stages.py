@@ -22,6 +22,7 @@ from ..graph.rewrite import default_opset, record
 from ..io.load import LoadedModel, load_model, read_external
 from ..io.save import check_output_path, save_model
 from ..io.select import Selection, Skipped, select_weights
+from ..memory import release_free_heap
 from ..options import (
     CodebookOptions,
     LowRankOptions,
@@ -175,6 +176,7 @@ def measure_inputs(p: Prepared, s: Settings, selection: Selection, ref: Referenc
         classes=not s.plan.active(),
         floor=FEATURE_FLOOR if s.plan.active() else 0.0,
     )
+    release_free_heap()  # the activations just freed: 0.19 GB on MiniLM
     return Measured(measured.importance if s.plan.sensitivity else {}, measured.covariance)
 
 

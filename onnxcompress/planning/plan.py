@@ -25,6 +25,7 @@ from ..encoding.encoded import EncodedWeight, Encoder, weight_bytes
 from ..errors import TargetError, VerificationError
 from ..graph.rewrite import default_opset
 from ..io.select import WeightSite
+from ..memory import release_free_heap
 from ..options import PlanOptions
 from ..progress import Progress
 from ..recipe import AsCodebook, AsFloat16, Keep, Recipe
@@ -63,11 +64,13 @@ def make_plan(
     eight = {e.site.name: e.codebook for e in encoder.encode([(w, AsCodebook(8)) for w in weights], progress)}
     low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements (Cast: any)
     tensors = _candidates(weights, eight, sizes, low_bits, encoder)
+    release_free_heap()  # the spectra and per-channel runs just freed
     try:
         probe: Probe | None = Probe(source, weights)
     except VerificationError:  # a model that cannot take its weights as inputs: build every candidate
         probe = None
     _weigh(tensors, weights, eight, encoder, probe, calib)
+    release_free_heap()
     plans = ladder(tensors)
     measure = _Measure(weights, encoder, calib, probe, build, progress)
     other_bytes = file_bytes - sum(sizes.values())
@@ -175,8 +178,10 @@ class _Measure:
         return self.calib.error(self.calib.reference, self.probe.run(self.calib.feeds, values))
 
     def built(self, recipe: Recipe) -> float:
+        self.outputs = []  # the last plan's outputs go before the next plan's arrive (158 MB on the OCR model)
         model = self.build(recipe)
         self.outputs = run(session(model, "a planned model"), self.calib.feeds, "a planned model")
+        release_free_heap()  # the session just freed holds a copy of every weight
         return self.calib.error(self.calib.reference, self.outputs)
 
     def on_halves(self) -> list[float]:
