@@ -105,7 +105,9 @@ def main(argv=None) -> int:
                 "halves": r.report.plan["halves"],  # the plan on halves of the inputs (a warning above the target)
             }
 
-            row["planned"]["cli_seconds"], row["planned"]["cli_plan_seconds"] = command_line(src, feed, tmp)
+            row["planned"]["cli_seconds"], row["planned"]["cli_plan_seconds"], row["planned"]["cli_peak_mib"] = command_line(
+                src, feed, tmp
+            )
 
             for peer, tool in (("int8", quantize_dynamic_int8), ("nbits4", matmul_nbits_4)):
                 dst = tmp / f"{peer}.onnx"
@@ -145,16 +147,30 @@ def main(argv=None) -> int:
     return 0
 
 
-def command_line(src, feed: dict, tmp: Path) -> tuple[float, float]:
+# The command line's main in a fresh process, then its peak RSS (VmHWM, MiB) on stderr's last line.
+CLI_SNIPPET = """
+import sys
+from onnxcompress.cli import main
+code = main(sys.argv[1:])
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(hwm // 1024, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def command_line(src, feed: dict, tmp: Path) -> tuple[float, float, int]:
     """Wall seconds of `onnxcompress SRC --max-error 0.01 --inputs FEED.npz` in a fresh process,
-    as a user runs it (start-up and imports included), and its planner's own clock: the
-    in-process run above follows other work in the same process, which can slow it."""
+    as a user runs it (start-up and imports included), its planner's own clock (the in-process
+    run above follows other work in the same process, which can slow it), and its peak RSS in MiB."""
     inputs, report = tmp / "feed.npz", tmp / "report.json"
     np.savez(inputs, **feed)
-    cmd = [sys.executable, "-m", "onnxcompress", str(src), "-o", str(tmp / "cli.onnx"), "--force", "-q"]
+    args = [str(src), "-o", str(tmp / "cli.onnx"), "--force", "-q", "--max-error", str(MAX_ERROR), "--inputs", str(inputs)]
     t0 = time.perf_counter()
-    subprocess.run([*cmd, "--max-error", str(MAX_ERROR), "--inputs", str(inputs), "--report", str(report)], check=True)
-    return time.perf_counter() - t0, json.loads(report.read_text())["plan"]["seconds"]
+    done = subprocess.run(
+        [sys.executable, "-c", CLI_SNIPPET, *args, "--report", str(report)], check=True, stderr=subprocess.PIPE, text=True
+    )
+    seconds = time.perf_counter() - t0
+    return seconds, json.loads(report.read_text())["plan"]["seconds"], int(done.stderr.strip().splitlines()[-1])
 
 
 def halves(feed: dict) -> tuple[dict, dict]:
@@ -172,7 +188,7 @@ def render(rows: list[dict]) -> str:
         f"# The planner (`python benchmarks/bench_plan.py`), --max-error {MAX_ERROR} and equal-size comparisons",
         "",
         "| model | 8 bit: MB, rel. L2 | 8 bit calibrated: rel. L2 | --max-error 0.01: MB, rel. L2 | vs 8 bit | "
-        "whole command (plan) | command line, fresh process (plan) | task result (planned) | mix | "
+        "whole command (plan) | command line, fresh process (plan), peak RSS | task result (planned) | mix | "
         "halves of the inputs: rel. L2 | planned on half: MB, rel. L2 on the other half |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -182,7 +198,8 @@ def render(rows: list[dict]) -> str:
             f"| {r['model']} | {u['bytes'] / 1e6:.2f}, {u['rel_l2']:.1e} | {c['rel_l2']:.1e} | "
             f"{p['bytes'] / 1e6:.2f}, {p['rel_l2']:.1e} | "
             f"{u['bytes'] / p['bytes']:.2f}x smaller | {p['seconds']:.1f} s (plan {p['plan_seconds']:.1f} s), "
-            f"{p['candidates']} measured | {p['cli_seconds']:.1f} s (plan {p['cli_plan_seconds']:.1f} s) | "
+            f"{p['candidates']} measured | {p['cli_seconds']:.1f} s (plan {p['cli_plan_seconds']:.1f} s), "
+            f"peak {p['cli_peak_mib']} MiB | "
             f"{p['task']['summary']} "
             f"(unchanged: {p['task']['unchanged']}) | {', '.join(p['mix'])}"
             + (f"; {p['kept']} kept" if p["kept"] else "")
