@@ -203,7 +203,7 @@ def render(rows: list[dict]) -> str:
             f"{p['task']['summary']} "
             f"(unchanged: {p['task']['unchanged']}) | {', '.join(p['mix'])}"
             + (f"; {p['kept']} kept" if p["kept"] else "")
-            + f" | {_halves(p['halves'])} | {h['bytes'] / 1e6:.2f}, {h['rel_l2']:.1e} |"
+            + f" | {_halves_cell(p['halves'])} | {h['bytes'] / 1e6:.2f}, {h['rel_l2']:.1e} |"
         )
     out += [
         "",
@@ -231,7 +231,7 @@ def render(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _halves(errors: list[float]) -> str:
+def _halves_cell(errors: list[float]) -> str:
     """The plan's error on halves of the inputs, flagged where the report warns."""
     if not errors:
         return "cannot be halved"

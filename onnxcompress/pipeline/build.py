@@ -5,6 +5,7 @@ weights), then every codebook's decoder (the factors' too), then the float16 cas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import onnx
 
@@ -63,11 +64,10 @@ class LastBuild:
         target_ort: tuple[int, ...],
         progress: Progress = False,
     ) -> None:
-        self.args = (source, sites, encoder, target_ort, progress)
+        self.make = partial(build, source, sites=sites, encoder=encoder, target_ort=target_ort, progress=progress)
         self.last: tuple[dict, BuiltModel] | None = None
 
     def __call__(self, recipe: Recipe) -> BuiltModel:
         if self.last is None or self.last[0] != recipe.choices:
-            source, sites, encoder, target_ort, progress = self.args
-            self.last = (dict(recipe.choices), build(source, recipe, sites, encoder, target_ort, progress))
+            self.last = (dict(recipe.choices), self.make(recipe))
         return self.last[1]

@@ -64,6 +64,7 @@ def output_gains(
     feed = [_sample(calib.feeds[0], PROBE_ROWS)]
     base = probe.run(feed, {})
     gains: dict[str, float] = {}
+    names = calib.names or [str(i) for i in range(len(base[0]))]
     for w in weights:
         if w.name not in probe.covers:
             continue
@@ -73,7 +74,6 @@ def output_gains(
         decoded = eight[w.name].decoded().astype(w.array.dtype)
         distortion = float(np.sum(weight * (decoded - a) ** 2) / max(np.sum(weight * a * a), 1e-300))
         got = probe.run(feed, {w.name: decoded})
-        names = calib.names or [str(i) for i in range(len(got[0]))]
         err = error_of(compare(names, base, got, calib.kinds), "rel-l2")  # an output's parts each count
         if distortion > 0 and np.isfinite(err):
             gains[w.name] = max(err, 1e-12) ** 2 / distortion
@@ -101,12 +101,18 @@ def compensation_ratios(
     return ratios
 
 
+def shared_batch(feed: dict[str, np.ndarray]) -> int | None:
+    """The leading extent every input of the feed shares (its batch), or None."""
+    leads = {v.shape[0] if np.ndim(v) else None for v in feed.values()}
+    return leads.pop() if len(leads) == 1 else None
+
+
 def _sample(feed: dict[str, np.ndarray], bounds: tuple[int, int]) -> dict[str, np.ndarray]:
     """A quarter of a batched feed's items (within `bounds`), spread evenly over it, when every
     input shares a leading batch; else the feed as it is. Spread, not the first ones: on MiniLM
     the first 16 sentences showed 0.008 where all 204 showed 0.014 for the same tensor."""
-    leads = {v.shape[0] if np.ndim(v) else None for v in feed.values()}
-    if len(leads) == 1 and (n := leads.pop()) is not None and n > (rows := max(bounds[0], min(bounds[1], n // 4))):
+    n = shared_batch(feed)
+    if n is not None and n > (rows := max(bounds[0], min(bounds[1], n // 4))):
         pick = np.linspace(0, n - 1, rows).round().astype(int)
         return {k: v[pick] for k, v in feed.items()}
     return feed
@@ -125,8 +131,7 @@ def halves(
         for pick in _half_picks(len(feeds)):
             yield reference[pick], candidate[pick]
         return
-    leads = {v.shape[0] if np.ndim(v) else None for v in feeds[0].values()}
-    n = leads.pop() if len(leads) == 1 else None
+    n = shared_batch(feeds[0])
     outs = [*reference[0], *candidate[0]]
     if n is None or n < 4 or any(np.ndim(o) == 0 or np.shape(o)[0] != n for o in outs):
         return
