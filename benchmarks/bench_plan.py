@@ -8,11 +8,11 @@ quantizers, in one run.
 Per model, on its real inputs (which also serve as the calibration data):
 - uniform 8 bits per tensor (the reference size), and 8 bits with the inputs as calibration
   (sensitivity-weighted, error-compensated rounding);
-- `--max-error 0.01` (worst relative L2 error of an output): size, measured error, task result,
-  planning time. Targets: every task result unchanged, at least 1.5x smaller than 8 bits,
-  a 90 MB model planned in under a minute;
-- the same target planned on the first half of the inputs and measured on the second half
-  (does the plan, fitted to its calibration data, hold on inputs it has not seen?);
+- `--max-error 0.01` (the default metric: each output's task measure, runtime/verify.py):
+  size, measured error, task result, planning time;
+- the same target, and the looser LOOSER ones, planned on the first half of the inputs and
+  judged on the second half: the task kept there (harness.KEPT_CHANGES) is the target, with at
+  least 6x smaller than the original in geometric mean and 4.5x on each model;
 - quantize_dynamic (int8) and MatMulNBits (4 bits, block 32), then the planner with
   `--target-size` at each one's file size: worst relative L2 error of both side by side.
   Target: at least 2x lower error at equal size, where the peer applies (changes the model).
@@ -32,10 +32,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from harness import DEFAULT_CACHE, MISSING, compress_checked, model_inputs, session, task_result, write_json
+from harness import DEFAULT_CACHE, MISSING, compress_checked, half_labels, model_inputs, session, task_result, write_json
 
+import onnx
 import onnxcompress
-from onnxcompress.runtime.verify import compare
+from onnxcompress.runtime.outputs import output_kinds
+from onnxcompress.runtime.verify import compare, error_of
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import matmul_nbits_4, quantize_dynamic_int8  # noqa: E402
@@ -43,16 +45,28 @@ from run import matmul_nbits_4, quantize_dynamic_int8  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 MODELS = ["digits_mlp", "minilm_l6", "ppocrv6_rec_small", "silero_vad_seq", "mtcnn_onet"]
 MAX_ERROR = 0.01
+LOOSER = (0.02, 0.05)
 
 
-def evaluate(name, path, feed, labels, ref, out_names) -> dict:
+def evaluate(name, path, feed, labels, ref, out_names, kinds=None) -> dict:
     outs = dict(zip(out_names, session(path).run(out_names, feed), strict=True))
-    diffs = compare(out_names, [[ref[n] for n in out_names]], [[outs[n] for n in out_names]])
+    diffs = compare(out_names, [[ref[n] for n in out_names]], [[outs[n] for n in out_names]], kinds)
     return {
         "bytes": path.stat().st_size,
         "rel_l2": max(d.rel_l2 for d in diffs),
+        "task_error": error_of(diffs, "task"),
         "task": task_result(name, path, outs, ref, labels),
     }
+
+
+def held_out(name, src, feed, labels, out_names, kinds, tmp: Path, max_error: float) -> dict:
+    """Planned on the first half of the inputs, judged on the second."""
+    first, second = halves(feed)
+    cut = max(v.shape[0] for v in feed.values() if v.ndim) // 2
+    held = tmp / "held_out.onnx"
+    compress_checked(src, held, force=True, max_error=max_error, calibration=first)
+    ref = dict(zip(out_names, session(src).run(out_names, second), strict=True))
+    return {"max_error": max_error, **evaluate(name, held, second, half_labels(name, labels, cut), ref, out_names, kinds)}
 
 
 def main(argv=None) -> int:
@@ -72,6 +86,7 @@ def main(argv=None) -> int:
                 continue
             src, feed, labels = model_inputs(name, args.cache)
             out_names = [o.name for o in session(src).get_outputs()]
+            kinds = output_kinds(onnx.load(str(src), load_external_data=False))
             ref = dict(zip(out_names, session(src).run(out_names, feed), strict=True))
             row: dict = {"model": name, "bytes": Path(src).stat().st_size}
 
@@ -83,20 +98,14 @@ def main(argv=None) -> int:
             compress_checked(src, calibrated, force=True, bits=8, verify=False, calibration=feed)
             row["calibrated8"] = evaluate(name, calibrated, feed, labels, ref, out_names)
 
-            first, second = halves(feed)
-            held = tmp / "held_out.onnx"
-            compress_checked(src, held, force=True, max_error=MAX_ERROR, calibration=first)
-            fitted = dict(zip(out_names, session(src).run(out_names, second), strict=True))
-            got = dict(zip(out_names, session(held).run(out_names, second), strict=True))
-            diffs = compare(out_names, [[fitted[n] for n in out_names]], [[got[n] for n in out_names]])
-            row["held_out"] = {"bytes": held.stat().st_size, "rel_l2": max(d.rel_l2 for d in diffs)}
+            row["held_out"] = [held_out(name, src, feed, labels, out_names, kinds, tmp, e) for e in (MAX_ERROR, *LOOSER)]
 
             planned = tmp / "planned.onnx"
             t0 = time.perf_counter()
             r = compress_checked(src, planned, force=True, max_error=MAX_ERROR, calibration=feed)
             seconds = time.perf_counter() - t0  # the whole command, before the task is scored
             row["planned"] = {
-                **evaluate(name, planned, feed, labels, ref, out_names),
+                **evaluate(name, planned, feed, labels, ref, out_names, kinds),
                 "seconds": seconds,
                 "plan_seconds": r.report.plan["seconds"],  # the planner's own clock
                 "candidates": len(r.report.plan["candidates"]),
@@ -131,10 +140,16 @@ def main(argv=None) -> int:
             p, u = row["planned"], row["uniform8"]
             print(
                 f"{name:18s} 8 bit {u['bytes'] / 1e6:7.2f} MB rel {u['rel_l2']:.1e} | planned {p['bytes'] / 1e6:7.2f} MB "
-                f"({u['bytes'] / p['bytes']:.2f}x smaller than 8 bit) rel {p['rel_l2']:.1e} "
+                f"({row['bytes'] / p['bytes']:.2f}x smaller than the original) task error {p['task_error']:.1e} "
                 f"{p['seconds']:.1f} s (plan {p['plan_seconds']:.1f} s), {p['task']['summary']}",
                 flush=True,
             )
+            for h in row["held_out"]:
+                print(
+                    f"{'':18s} planned on half at {h['max_error']:g}: {row['bytes'] / h['bytes']:.2f}x, task error on the "
+                    f"other half {h['task_error']:.1e}, {h['task']['summary']} (kept: {h['task']['kept']})",
+                    flush=True,
+                )
             for peer in ("int8", "nbits4"):
                 q = row.get(peer, {})
                 if q.get("applies"):
@@ -187,23 +202,44 @@ def render(rows: list[dict]) -> str:
     out = [
         f"# The planner (`python benchmarks/bench_plan.py`), --max-error {MAX_ERROR} and equal-size comparisons",
         "",
-        "| model | 8 bit: MB, rel. L2 | 8 bit calibrated: rel. L2 | --max-error 0.01: MB, rel. L2 | vs 8 bit | "
-        "whole command (plan) | command line, fresh process (plan), peak RSS | task result (planned) | mix | "
-        "halves of the inputs: rel. L2 | planned on half: MB, rel. L2 on the other half |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Sizes as times smaller than the original. Task error: the worst output's task measure (what --max-error bounds by "
+        "default). Kept: the task rules of benchmarks/harness.py (at most 1% of decisions changed, every line read the same, "
+        "every neighbour among the two nearest).",
+        "",
+        "| model | original MB | 8 bit: x, task error, kept | --max-error 0.01: x, task error, kept | mix | "
+        + " | ".join(f"planned on half at {e:g}: x, on the other half: task error, kept" for e in (MAX_ERROR, *LOOSER))
+        + " |",
+        "|---|---|---|---|---|" + "---|" * (1 + len(LOOSER)),
     ]
     for r in rows:
-        u, c, p, h = r["uniform8"], r["calibrated8"], r["planned"], r["held_out"]
+        u, p = r["uniform8"], r["planned"]
+        held = " | ".join(_judged(r["bytes"], h) for h in r["held_out"])
         out.append(
-            f"| {r['model']} | {u['bytes'] / 1e6:.2f}, {u['rel_l2']:.1e} | {c['rel_l2']:.1e} | "
-            f"{p['bytes'] / 1e6:.2f}, {p['rel_l2']:.1e} | "
+            f"| {r['model']} | {r['bytes'] / 1e6:.2f} | {_judged(r['bytes'], u)} | {_judged(r['bytes'], p)} | "
+            f"{', '.join(p['mix'])}" + (f"; {p['kept']} kept" if p["kept"] else "") + f" | {held} |"
+        )
+    geo = [_geomean([r["bytes"] / r["planned"]["bytes"] for r in rows])]
+    geo += [_geomean([r["bytes"] / r["held_out"][i]["bytes"] for r in rows]) for i in range(1 + len(LOOSER))]
+    out.append(
+        f"| geometric mean | | {_geomean([r['bytes'] / r['uniform8']['bytes'] for r in rows]):.2f}x | {geo[0]:.2f}x | | "
+        + " | ".join(f"{g:.2f}x" for g in geo[1:])
+        + " |"
+    )
+    out += [
+        "",
+        "Detail of the --max-error 0.01 plan on all inputs:",
+        "",
+        "| model | 8 bit calibrated: rel. L2 | planned: MB, rel. L2 | vs 8 bit | whole command (plan) | "
+        "command line, fresh process (plan), peak RSS | task result (planned) | halves of the inputs: task error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        u, c, p = r["uniform8"], r["calibrated8"], r["planned"]
+        out.append(
+            f"| {r['model']} | {c['rel_l2']:.1e} | {p['bytes'] / 1e6:.2f}, {p['rel_l2']:.1e} | "
             f"{u['bytes'] / p['bytes']:.2f}x smaller | {p['seconds']:.1f} s (plan {p['plan_seconds']:.1f} s), "
             f"{p['candidates']} measured | {p['cli_seconds']:.1f} s (plan {p['cli_plan_seconds']:.1f} s), "
-            f"peak {p['cli_peak_mib']} MiB | "
-            f"{p['task']['summary']} "
-            f"(unchanged: {p['task']['unchanged']}) | {', '.join(p['mix'])}"
-            + (f"; {p['kept']} kept" if p["kept"] else "")
-            + f" | {_halves_cell(p['halves'])} | {h['bytes'] / 1e6:.2f}, {h['rel_l2']:.1e} |"
+            f"peak {p['cli_peak_mib']} MiB | {p['task']['summary']} | {_halves_cell(p['halves'])} |"
         )
     out += [
         "",
@@ -229,6 +265,15 @@ def render(rows: list[dict]) -> str:
                     f"({o['bytes'] / 1e6:.2f} MB) | {ratio:.1f}x lower |"
                 )
     return "\n".join(out) + "\n"
+
+
+def _judged(original: int, r: dict) -> str:
+    kept = {True: "kept", False: "**not kept**", None: "?"}[r["task"]["kept"]]
+    return f"{original / r['bytes']:.2f}x, {r['task_error']:.1e}, {kept}"
+
+
+def _geomean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
 
 
 def _halves_cell(errors: list[float]) -> str:

@@ -58,6 +58,11 @@ def session(path) -> ort.InferenceSession:
 
 # -- task results -------------------------------------------------------------------------------
 
+# A task is kept when at most this share of its decisions change (classes, faces, speech frames),
+# every text line reads the same, and every sentence keeps its neighbour among its two nearest.
+# "unchanged" asks for every decision the same: one of the 360 digits flips at plain 8 bits.
+KEPT_CHANGES = 0.01
+
 
 def ctc_greedy(probs: np.ndarray, charset: list[str]) -> str:
     ids, out, prev = probs.argmax(-1), [], -1
@@ -88,11 +93,15 @@ def task_result(name: str, model_path: Path, outs: dict, ref: dict, labels: dict
             return s.argmax(1)
 
         nn = float((neighbours(e) == neighbours(r)).mean())
+        # near ties: one of the kit's 64 sentences has its two nearest 2.3e-5 apart in cosine, so
+        # "kept" asks that each original neighbour stays among the two nearest
+        in_two = float(np.mean([n in top2 for n, top2 in zip(neighbours(r), two_nearest(e), strict=True)]))
         return {
-            "summary": f"cos mean {cos.mean():.4f} min {cos.min():.4f}, same neighbour {nn:.1%}",
+            "summary": f"cos mean {cos.mean():.4f} min {cos.min():.4f}, same neighbour {nn:.1%}, in the two nearest {in_two:.1%}",
             "min_cos": float(cos.min()),
             "nn_agreement": nn,
             "unchanged": bool(nn == 1.0 and cos.min() > 0.99),
+            "kept": bool(in_two == 1.0 and cos.min() >= 0.99),
         }
     if name == "ppocrv6_rec_small":
         meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
@@ -107,10 +116,11 @@ def task_result(name: str, model_path: Path, outs: dict, ref: dict, labels: dict
             "exact": exact,
             "cer": cer,
             "unchanged": exact == len(truth),
+            "kept": exact == len(truth) or preds == [ctc_greedy(q, charset) for q in next(iter(ref.values()))],
         }
     if name == "silero_vad_seq":
         p = outs["speech_probs"]
-        t = (np.arange(len(p)) + 0.5) * labels.get("frame_s", 0.032)
+        t = (labels.get("first_frame", 0) + np.arange(len(p)) + 0.5) * labels.get("frame_s", 0.032)
         truth = np.zeros(len(p), bool)
         for a, b, _ in labels["speech_segments_s"]:
             truth |= (t >= a) & (t < b)
@@ -119,10 +129,34 @@ def task_result(name: str, model_path: Path, outs: dict, ref: dict, labels: dict
         pred, pred_ref, truth = outs["probabilities"].argmax(1), ref["probabilities"].argmax(1), np.array(labels["labels"])
         acc, acc_ref = float((pred == truth).mean()), float((pred_ref == truth).mean())
         same = float((pred == pred_ref).mean())
-        return {"summary": f"accuracy {acc:.4f} (original {acc_ref:.4f})", "accuracy": acc, "unchanged": same == 1.0}
+        return {
+            "summary": f"accuracy {acc:.4f} (original {acc_ref:.4f}), same prediction {same:.1%}",
+            "accuracy": acc,
+            "unchanged": same == 1.0,
+            "kept": same >= 1 - KEPT_CHANGES,
+        }
     if name == "mtcnn_onet":
         return decisions(outs["face_prob"][:, 1], ref["face_prob"][:, 1], np.array(labels["is_face"]) == 1, "accuracy")
-    return {"summary": "", "unchanged": None}
+    return {"summary": "", "unchanged": None, "kept": None}
+
+
+def two_nearest(x: np.ndarray) -> np.ndarray:
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1)[:, :2]
+
+
+def half_labels(name: str, labels: dict, cut: int) -> dict:
+    """The labels of the inputs from row `cut` on (the second half of a feed)."""
+    if name == "digits_mlp":
+        return {"labels": labels["labels"][cut:]}
+    if name == "ppocrv6_rec_small":
+        return {**labels, "texts": labels["texts"][cut:]}
+    if name == "silero_vad_seq":
+        return {**labels, "first_frame": labels.get("first_frame", 0) + cut}
+    if name == "mtcnn_onet":
+        return {**labels, "is_face": labels["is_face"][cut:]}
+    return labels
 
 
 def decisions(p: np.ndarray, ref: np.ndarray, truth: np.ndarray, what: str) -> dict:
@@ -135,6 +169,7 @@ def decisions(p: np.ndarray, ref: np.ndarray, truth: np.ndarray, what: str) -> d
         "agreement": same,
         "accuracy": acc,
         "unchanged": same == 1.0,
+        "kept": same >= 1 - KEPT_CHANGES,
     }
 
 

@@ -18,7 +18,7 @@ from .encoding.encoded import weight_bytes
 from .errors import CompressError, VerificationError
 from .io.load import load_model
 from .io.select import Selection, select_weights
-from .options import SelectOptions
+from .options import SelectOptions, VerifyOptions
 from .pipeline.report import Report
 from .pipeline.stages import (
     ModelSource,
@@ -37,6 +37,7 @@ from .pipeline.stages import (
 )
 from .progress import Progress
 from .runtime.outputs import output_kinds
+from .runtime.sequence import extended, feedback, run_twice
 from .runtime.verify import Comparison, OutputDiff, compare, run, session, synthesize_feed
 from .threads import one_blas_thread
 
@@ -71,13 +72,18 @@ def compress(
 
     Options (see `onnxcompress --help`): min_elements, include, exclude, method, bits,
     granularity, codebook_dtype, kmeans, rank, rank_ratio, energy, svd, max_error, metric,
-    target_size, ratio, sensitivity, compensate, target_ort, opset, verify, inputs, seed.
+    target_size, ratio, sensitivity, compensate, target_ort, opset, verify, inputs, seed,
+    output_kind.
 
     With max_error, target_size or ratio, a planner picks bits and granularity per tensor (see
-    planning/plan.py); `metric` may also be a callable(original_outputs, compressed_outputs) -> error,
-    each a list (one per feed) of {output name: array}. `calibration`: inputs as an .npz path,
-    one feed {name: array} or a list of feeds (like `inputs`); they drive the sensitivity
-    weighting, the planner's measurements and the verification.
+    planning/plan.py). The default metric, "task", measures each output as its kind reads it
+    (runtime/outputs.py, runtime/verify.task_measure; `output_kind` "NAME=KIND,..." overrides the
+    kinds read from the graph, or "NAME=ignore" leaves an output out); `metric` may also be a
+    callable(original_outputs, compressed_outputs) -> error, each a list (one per feed) of
+    {output name: array}; where a model's state is fed back (runtime/sequence.py), the next
+    call's outputs are there too. `calibration`: inputs as an .npz path, one feed {name: array}
+    or a list of feeds (like `inputs`); they drive the sensitivity weighting, the planner's
+    measurements and the verification.
 
     `keep_outputs`: keep both models' outputs from the verification on the result
     (`result.comparison`), so that plots need not run the models again.
@@ -115,11 +121,13 @@ def compare_models(
     compressed: ModelSource,
     inputs: str | os.PathLike | dict | list[dict] | None = None,
     seed: int = 0,
+    output_kind: str | None = None,
 ) -> list[OutputDiff]:
     """Run both models in onnxruntime on the same inputs (an .npz path, one feed, a list of
     feeds, or synthesized from the original's input types) and compare every output: max abs
-    error, relative L2 error, cosine similarity, and top-1 agreement for class scores."""
-    return run_models(original, compressed, inputs, seed).diffs
+    error, relative L2 error, cosine similarity, top-1 agreement for class scores, and the
+    measure its kind reads (`output_kind`: NAME=KIND[,...] where the graph does not say it)."""
+    return run_models(original, compressed, inputs, seed, output_kind).diffs
 
 
 def run_models(
@@ -127,8 +135,10 @@ def run_models(
     compressed: ModelSource,
     inputs: str | os.PathLike | dict | list[dict] | None = None,
     seed: int = 0,
+    output_kind: str | None = None,
 ) -> Comparison:
     """As compare_models, keeping both models' outputs (for plots) beside the differences."""
+    chosen = VerifyOptions(output_kind=output_kind).output_kinds()
     first, second = load_model(original), load_model(compressed)
     sessions = []
     for loaded, what in ((first, "the original model"), (second, "the compressed model")):
@@ -140,13 +150,18 @@ def run_models(
     names = [o.name for o in sessions[0].get_outputs()]
     if sorted(names) != sorted(o.name for o in sessions[1].get_outputs()):
         raise CompressError("the two models have different outputs; compare a model with its own compressed copy")
-    results = []
+    kinds = output_kinds(first.model, chosen)
+    results: list = []
+    pairs: dict[int, str] = {}
     for sess, what in zip(sessions, ("the original model", "the compressed model"), strict=True):
         try:
-            results.append(run(sess, feeds, what, names))
+            once = run(sess, feeds, what, names)
+            pairs = pairs or feedback(names, kinds, feeds, once)  # the original's, for both
+            results.append(run_twice(lambda f, sess=sess, what=what: run(sess, f, what, names), feeds, pairs, once))
         except VerificationError as e:
             raise CompressError(f"{e}; check --inputs") from None
-    return Comparison(names, results[0], results[1], compare(names, results[0], results[1], output_kinds(first.model)))
+    names, kinds = extended(names, kinds, pairs)
+    return Comparison(names, results[0], results[1], compare(names, results[0], results[1], kinds))
 
 
 # -- inspect ------------------------------------------------------------------------------------

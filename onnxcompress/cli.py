@@ -141,9 +141,12 @@ def _compare(argv: list[str]) -> int:
     p.add_argument("--inputs", type=Path, metavar="FILE.npz", help="inputs (name -> array, or NAME@K keys); default: synthesized")
     p.add_argument("--seed", type=int, default=0, help="seed for synthesized inputs")
     p.add_argument("--tolerance", type=float, metavar="E", help="exit 1 when the error (see --metric) is above E")
-    p.add_argument("--metric", choices=list(METRIC_NAMES), default="rel-l2", help="what --tolerance bounds (default: rel-l2)")
+    p.add_argument("--metric", choices=list(METRIC_NAMES), default="task", help="what --tolerance bounds (default: task)")
+    p.add_argument(
+        "--output-kind", metavar="NAME=KIND[,...]", help="what an output is where the graph does not say it, or ignore"
+    )
     args = p.parse_args(argv)
-    diffs = compare_models(args.original, args.compressed, args.inputs, args.seed)
+    diffs = compare_models(args.original, args.compressed, args.inputs, args.seed, args.output_kind)
     error = error_of(diffs, args.metric) if args.tolerance is not None else None
     render_outputs(diffs, make_console())
     if error is not None:

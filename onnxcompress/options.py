@@ -52,7 +52,9 @@ def _at_most_one(flags: dict[str, object], clash: str) -> None:
 
 
 METHODS = ("codebook", "lowrank", "lowrank+kmeans", "auto")
-METRIC_NAMES = ("rel-l2", "cosine", "max-abs", "top1")
+# what an output can be (runtime/outputs.py), and "ignore" for one nothing reads
+OUTPUT_KINDS = ("classes", "probabilities", "embedding", "parts", "state", "dense", "ignore")
+METRIC_NAMES = ("task", "rel-l2", "cosine", "max-abs", "top1")
 
 
 @dataclass
@@ -151,7 +153,9 @@ class PlanOptions:
         None, "the smallest model whose outputs stay within E of the original's (see --metric)", metavar="E"
     )
     metric: str | Callable[..., float] = _opt(
-        "rel-l2",
+        "task",
+        "task: each output measured as its kind reads it (class scores: share of changed argmax; probabilities: share of "
+        "decisions flipped at 0.5; embeddings: 1 - worst row cosine; other outputs: relative L2 of the worst channel or part); "
         "rel-l2: worst relative L2 error of an output; cosine: 1 - lowest cosine similarity; max-abs: largest absolute "
         "error; top1: share of changed argmax on class-score outputs",
         choices=list(METRIC_NAMES),
@@ -207,6 +211,28 @@ class VerifyOptions:
     verify: bool = _opt(True, "run both models and compare outputs (--no-verify skips it)")
     inputs: Path | None = _opt(None, "inputs as .npz (input name -> array) instead of synthesized ones", metavar="FILE.npz")
     seed: int = _opt(0, "seed for synthesized inputs")
+    output_kind: str | None = _opt(
+        None,
+        "what an output is, where the graph does not say it (classes, probabilities, embedding, parts, state, dense), or "
+        "ignore to leave an output nothing reads out of the measure; e.g. last_hidden_state=ignore",
+        metavar="NAME=KIND[,...]",
+    )
+
+    def validate(self) -> None:
+        self.output_kinds()
+
+    def output_kinds(self) -> dict[str, str]:
+        """--output-kind as output name -> kind, or a one-line error."""
+        chosen: dict[str, str] = {}
+        for item in (self.output_kind or "").split(","):
+            name, sep, kind = item.strip().rpartition("=")
+            if not item.strip():
+                continue
+            if not sep or not name or kind not in OUTPUT_KINDS:
+                kinds = ", ".join(OUTPUT_KINDS)
+                raise CompressError(f"--output-kind wants NAME=KIND with KIND one of {kinds}; got {item.strip()!r}")
+            chosen[name] = kind
+        return chosen
 
 
 OPTION_GROUPS = (SelectOptions, MethodOptions, CodebookOptions, LowRankOptions, PlanOptions, TargetOptions, VerifyOptions)

@@ -134,7 +134,7 @@ class CompressionExplorer(w.VBox):
             value=False, description="plan for a max error", tooltip="the planner picks each tensor's storage", indent=False
         )
         self.max_error = w.BoundedFloatText(value=0.01, min=0.0, max=1e9, step=0.001, description="max error", layout=narrow())
-        self.metric = w.Dropdown(options=list(METRIC_NAMES), value="rel-l2", description="metric", layout=narrow())
+        self.metric = w.Dropdown(options=list(METRIC_NAMES), value="task", description="metric", layout=narrow())
         self.compress_button = w.Button(description="Compress", button_style="primary", icon="compress")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="300px"))
         self.status = w.HTML(_message("Choose settings and press Compress."))

@@ -22,3 +22,10 @@ def rel_l2(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
     a = np.concatenate([r[j].ravel() for r in reference]).astype(np.float64)
     b = np.concatenate([c[j].ravel() for c in candidate]).astype(np.float64)
     return float(np.linalg.norm(b - a) / np.linalg.norm(a))
+
+
+def worst_channel(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]], j: int) -> float:
+    """Output j's worst channel (slice along its last axis) relative L2 error over all feeds."""
+    a = np.concatenate([r[j].reshape(-1, r[j].shape[-1]) for r in reference]).astype(np.float64)
+    b = np.concatenate([c[j].reshape(-1, c[j].shape[-1]) for c in candidate]).astype(np.float64)
+    return float(np.max(np.linalg.norm(b - a, axis=0) / np.linalg.norm(a, axis=0)))

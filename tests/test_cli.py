@@ -259,7 +259,7 @@ def test_compare_tolerance_is_judged_at_the_measured_error(tmp_path, capsys, mod
     np.savez(tmp_path / "x.npz", **feeds)
     error = rel_l2(ort_outputs(model_path, [feeds]), ort_outputs(out, [feeds]), 0)  # its one output
     assert error > 1e-3
-    common = ["compare", model_path, out, "--inputs", tmp_path / "x.npz", "--tolerance"]
+    common = ["compare", model_path, out, "--inputs", tmp_path / "x.npz", "--metric", "rel-l2", "--tolerance"]
     assert run_cli([*common, error * 0.99], capsys)[0] == 1
     assert run_cli([*common, error * 1.01], capsys)[0] == 0
 

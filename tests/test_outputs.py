@@ -162,3 +162,145 @@ def test_probabilities_report_the_decisions_that_flip():
     b = [np.array([0.2, 0.51, 0.51, 0.4])]
     (diff,) = compare(["p"], [[x] for x in a], [[x] for x in b], {"p": OutputKind("probabilities")})
     assert diff.flips == pytest.approx(0.5) and diff.kind == "probabilities"
+
+
+# -- what --max-error bounds by default: each kind's task measure ----------------------------------
+
+
+def normalized(via: str):
+    """x [4, 8] @ W, each row divided by its L2 norm: by LpNormalization, or by a Div whose divisor
+    is a ReduceL2 floored by a Clip and broadcast by an Expand (as sentence-transformers export it)."""
+    if via == "lp":
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("LpNormalization", ["h"], ["y"], axis=-1, p=2)]
+        return make_model(nodes, [("x", F, [4, 8])], [("y", F, [4, 6])], [("W", weight(8, 6))])
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"]),
+        helper.make_node("ReduceL2", ["h", "axes"], ["n"], keepdims=1),
+        helper.make_node("Clip", ["n", "eps"], ["c"]),
+        helper.make_node("Shape", ["h"], ["s"]),
+        helper.make_node("Expand", ["c", "s"], ["e"]),
+        helper.make_node("Div", ["h", "e"], ["y"]),
+    ]
+    inits = [("W", weight(8, 6)), ("axes", np.array([1], np.int64)), ("eps", np.array(1e-12, np.float32))]
+    return make_model(nodes, [("x", F, [4, 8])], [("y", F, [4, 6])], inits, opset=18)
+
+
+@pytest.mark.parametrize("via", ["lp", "div"])
+def test_rows_divided_by_their_l2_norm_are_an_embedding(via):
+    model = normalized(via)
+    assert output_kinds(model)["y"].kind == "embedding"
+    feed = {"x": np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)}
+    (y,) = ort_outputs(model, [feed])[0]
+    assert np.allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5)  # the graph really normalizes
+
+
+def test_a_div_by_something_else_is_dense():
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Div", ["h", "k"], ["y"])]
+    model = make_model(nodes, [("x", F, [4, 8])], [("y", F, [4, 6])], [("W", weight(8, 6)), ("k", np.array(3.0, np.float32))])
+    assert output_kinds(model)["y"].kind == "dense"
+
+
+def test_the_softmax_axis_is_the_class_axis_through_transposes():
+    def softmax(axis, *after):
+        nodes = [helper.make_node("Softmax", ["a"], ["s"], axis=axis), *after]
+        return make_model(nodes, [("a", F, [2, 5, 7])], [(nodes[-1].output[0], F, None)])
+
+    assert output_kinds(softmax(1))["s"] == OutputKind("classes", 1)
+    assert output_kinds(softmax(-1))["s"] == OutputKind("classes", -1)
+    moved = softmax(1, helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1]))
+    assert output_kinds(moved)["t"] == OutputKind("classes", 2)
+    last = softmax(-1, helper.make_node("Transpose", ["s"], ["t"], perm=[2, 0, 1]))
+    assert output_kinds(last)["t"] == OutputKind("classes", 0)
+
+
+def _one(kind: OutputKind, a: list[np.ndarray], b: list[np.ndarray]):
+    (diff,) = compare(["o"], [[x] for x in a], [[x] for x in b], {"o": kind})
+    return diff
+
+
+def test_classes_measure_the_share_of_positions_whose_argmax_changes_along_their_axis():
+    rng = np.random.default_rng(1)
+    a = [rng.normal(size=(3, 6, 11)) for _ in range(2)]  # classes along axis 1
+    b = [x + rng.normal(size=x.shape) * 0.3 for x in a]
+    want = np.mean([np.argmax(x, 1) != np.argmax(y, 1) for x, y in zip(a, b, strict=True)])
+    diff = _one(OutputKind("classes", 1), a, b)
+    assert 0.05 < want < 0.95 and diff.task == pytest.approx(want) and diff.measure == "changed class"
+    along_last = np.mean([np.argmax(x, -1) != np.argmax(y, -1) for x, y in zip(a, b, strict=True)])
+    assert _one(OutputKind("classes"), a, b).task == pytest.approx(along_last) != pytest.approx(want)
+
+
+def test_probabilities_measure_the_share_of_flipped_decisions():
+    diff = _one(OutputKind("probabilities"), [np.array([0.2, 0.49, 0.51, 0.9])], [np.array([0.2, 0.51, 0.51, 0.4])])
+    assert diff.task == pytest.approx(0.5) and diff.measure == "flipped at 0.5"
+
+
+def test_embeddings_measure_one_minus_the_worst_rows_cosine():
+    rng = np.random.default_rng(2)
+    a = [rng.normal(size=(5, 16)) for _ in range(2)]
+    b = [x + rng.normal(size=x.shape) * s for x, s in zip(a, (0.01, 0.2), strict=True)]
+    pairs = [(x, y) for xs, ys in zip(a, b, strict=True) for x, y in zip(xs, ys, strict=True)]
+    rows = [(x @ y) / np.linalg.norm(x) / np.linalg.norm(y) for x, y in pairs]
+    diff = _one(OutputKind("embedding"), a, b)
+    assert diff.task == pytest.approx(1 - min(rows), rel=1e-9) and diff.measure == "1 - cosine, worst row"
+    zero = [np.zeros((2, 4))]
+    assert _one(OutputKind("embedding"), zero, zero).task == 0.0  # zero rows on both sides are equal
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 6, 3, 3), 1), ((4, 5), 1), ((2, 3, 7), 2)])
+def test_dense_outputs_measure_their_worst_channel(shape, axis):
+    rng = np.random.default_rng(3)
+    scale = np.ones(shape[axis])
+    scale[0] = 1000.0  # one loud channel that would hide the others' error in the whole
+    a = [np.moveaxis(np.moveaxis(rng.normal(size=shape), axis, -1) * scale, -1, axis) for _ in range(2)]
+    b = [x + rng.normal(size=x.shape) * 0.05 for x in a]
+    stack_a, stack_b = np.stack(a), np.stack(b)
+    per_channel = [
+        np.linalg.norm(np.take(stack_b - stack_a, c, axis + 1)) / np.linalg.norm(np.take(stack_a, c, axis + 1))
+        for c in range(shape[axis])
+    ]
+    diff = _one(OutputKind("dense"), a, b)
+    assert diff.task == pytest.approx(max(per_channel)) and diff.task > 10 * diff.rel_l2
+    assert diff.measure == "rel. L2, worst channel"
+
+
+def test_an_ignored_output_does_not_count_and_says_so():
+    a, b = [np.ones((2, 3))], [np.full((2, 3), 5.0)]
+    diff = _one(OutputKind("ignore", chosen=True), a, b)
+    assert diff.task == 0.0 and diff.kind == "ignore (--output-kind)" and diff.rel_l2 > 1
+
+
+def test_output_kind_overrides_the_graph_and_names_what_is_wrong():
+    model = one_op("Relu")
+    assert output_kinds(model, {"y": "classes"})["y"] == OutputKind("classes", chosen=True)
+    with pytest.raises(oc.CompressError, match=r"no output 'z'; its outputs: y"):
+        output_kinds(model, {"z": "classes"})
+    with pytest.raises(oc.CompressError, match=r"--output-kind wants NAME=KIND .*got 'y=boxes'"):
+        oc.compress(model, output_kind="y=boxes")
+
+
+def classifier():
+    """x [n, 64] -> Relu(x @ W1) @ W2 -> Softmax: ten classes, read by their argmax."""
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h0"]),
+        helper.make_node("Relu", ["h0"], ["h1"]),
+        helper.make_node("MatMul", ["h1", "W2"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["p"], axis=-1),
+    ]
+    inits = [
+        ("W1", (rng.normal(size=(64, 1024)) / np.sqrt(64)).astype(np.float32)),
+        ("W2", (rng.normal(size=(1024, 10)) * 3 / np.sqrt(1024)).astype(np.float32)),
+    ]
+    return make_model(nodes, [("x", F, [None, 64])], [("p", F, [None, 10])], inits)
+
+
+def test_the_default_target_bounds_the_changed_classes_in_onnxruntime():
+    model = classifier()
+    feeds = [{"x": np.random.default_rng(5).normal(size=(400, 64)).astype(np.float32)}]
+    by_task = oc.compress(model, min_elements=64, max_error=0.01, calibration=feeds)
+    by_l2 = oc.compress(model, min_elements=64, max_error=0.01, metric="rel-l2", calibration=feeds)
+    (want,), (got,) = ort_outputs(model, feeds)[0], ort_outputs(by_task.model, feeds)[0]
+    changed = float(np.mean(want.argmax(1) != got.argmax(1)))
+    (diff,) = by_task.report.outputs
+    assert changed <= 0.01 and diff.task == pytest.approx(changed) and diff.measure == "changed class"
+    assert 0 < changed and by_task.model.ByteSize() <= by_l2.model.ByteSize()  # it spent the target, not more

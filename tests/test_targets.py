@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from models import F, make_model
 from onnx import helper
-from oracles import ort_outputs, rel_l2
+from oracles import ort_outputs, rel_l2, worst_channel
 
 import onnxcompress as oc
 import onnxcompress.planning.plan as plan_module
@@ -29,22 +29,26 @@ def two_outputs():
     )
 
 
-def test_max_error_holds_on_every_output_and_on_inputs_the_plan_never_saw():
+@pytest.mark.parametrize("metric,oracle,field", [("rel-l2", rel_l2, "rel_l2"), ("task", worst_channel, "task")])
+def test_max_error_holds_on_every_output_and_on_inputs_the_plan_never_saw(metric, oracle, field):
+    """With the default metric these dense outputs count their worst channel."""
     model = two_outputs()
     rng = np.random.default_rng(1)
     feeds = [{"x": rng.normal(size=(16, 64)).astype(np.float32)} for _ in range(4)]
     seen, unseen = feeds[:2], feeds[2:]
-    r = oc.compress(model, min_elements=64, max_error=0.02, calibration=seen)
+    r = oc.compress(model, min_elements=64, max_error=0.02, metric=metric, calibration=seen)
     got_seen, got_unseen = ort_outputs(r.model, seen), ort_outputs(r.model, unseen)
     want_seen, want_unseen = ort_outputs(model, seen), ort_outputs(model, unseen)
-    errors_seen = [rel_l2(want_seen, got_seen, j) for j in range(2)]
+    errors_seen = [oracle(want_seen, got_seen, j) for j in range(2)]
     assert max(errors_seen) <= 0.02, errors_seen
     assert errors_seen[1] > errors_seen[0]  # the test means something: the outputs differ
-    assert all(rel_l2(want_unseen, got_unseen, j) <= 0.02 * HELD_OUT_MARGIN for j in range(2))
+    assert all(oracle(want_unseen, got_unseen, j) <= 0.02 * HELD_OUT_MARGIN for j in range(2))
     # the report states the worst output's error, as numpy measures it
     assert r.report.plan["measured"] == pytest.approx(max(errors_seen), rel=1e-6)
-    reported = {d.name: d.rel_l2 for d in r.report.outputs}
+    reported = {d.name: getattr(d, field) for d in r.report.outputs}
     assert reported == pytest.approx({"y1": errors_seen[0], "y2": errors_seen[1]}, rel=1e-6)
+    if metric == "task":
+        assert max(errors_seen) > 1.2 * max(rel_l2(want_seen, got_seen, j) for j in range(2))  # stricter than the whole
 
 
 def classifier():
@@ -86,7 +90,7 @@ def test_the_built_model_is_checked_even_when_the_probe_reports_no_error(monkeyp
     monkeypatch.setattr(plan_module.Probe, "run", lambda self, feeds, weights: honest(self, feeds, {}))
     model = two_outputs()
     x = np.random.default_rng(4).normal(size=(32, 64)).astype(np.float32)
-    r = oc.compress(model, min_elements=64, max_error=0.02, calibration={"x": x})
+    r = oc.compress(model, min_elements=64, max_error=0.02, metric="rel-l2", calibration={"x": x})
     want, got = ort_outputs(model, [{"x": x}]), ort_outputs(r.model, [{"x": x}])
     worst = max(rel_l2(want, got, j) for j in range(2))
     assert worst <= 0.02
@@ -160,7 +164,7 @@ def split_weight(seed: int = 0):
 
 def test_a_plan_met_on_all_inputs_but_not_on_half_of_them_says_so(capsys):
     model, x = split_weight()
-    r = oc.compress(model, min_elements=64, max_error=0.01, calibration={"x": x})
+    r = oc.compress(model, min_elements=64, max_error=0.01, metric="rel-l2", calibration={"x": x})
     plan = r.report.plan
     assert plan["measured"] <= 0.01
     # the halves, recomputed: the first and second 16 rows, then even and odd

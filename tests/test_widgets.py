@@ -111,7 +111,7 @@ def test_max_error_target_runs_the_planner(explorer):
     plan = explorer.result.report.plan
     assert plan is not None and plan["measured"] <= 0.01
     assert "plan" in explorer.summary.value and f"{plan['measured']:.3g}" in explorer.summary.value
-    assert explorer.comparison.diffs[0].rel_l2 <= 0.01
+    assert explorer.comparison.diffs[0].task <= 0.01 and explorer.metric.value == "task"  # the default: changed classes
 
 
 def test_bad_settings_give_one_line_and_keep_the_last_result(explorer):

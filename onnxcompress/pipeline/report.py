@@ -214,17 +214,17 @@ def _against_eight_bits(plan: dict) -> str:
 
 
 def output_rows(outputs: list[OutputDiff]) -> tuple[list[str], list[list[str]]]:
-    """The differences per output as text cells: (header, rows), with what each output is (and
-    so how its relative L2 was measured: an output of parts gives its worst part's), a top-1
+    """The differences per output as text cells: (header, rows), with what each output is, the
+    measure its kind reads (what --max-error bounds by default) and its value, a top-1
     column where an output is or looks like class scores, and the decisions that flipped for
     probabilities. The terminal table and the widgets both show it."""
     top1 = any(d.top1 is not None for d in outputs)
     flips = any(d.flips is not None for d in outputs)
-    header = ["output", "kind", "max abs error", "relative L2", "cosine"]
+    header = ["output", "kind", "task measure", "task error", "max abs error", "relative L2", "cosine"]
     header += (["top-1 agreement"] if top1 else []) + (["decisions flipped"] if flips else [])
     rows = []
     for d in outputs:
-        row = [d.name, d.kind, f"{d.max_abs:.3e}", f"{d.rel_l2:.3e}", f"{d.cosine:.6f}"]
+        row = [d.name, d.kind, d.measure, f"{d.task:.3e}", f"{d.max_abs:.3e}", f"{d.rel_l2:.3e}", f"{d.cosine:.6f}"]
         row += ["" if d.top1 is None else f"{d.top1:.2%}"] if top1 else []
         rows.append(row + (["" if d.flips is None else f"{d.flips:.2%}"] if flips else []))
     return header, rows
@@ -236,7 +236,7 @@ def render_outputs(outputs: list[OutputDiff], console: Console) -> None:
     o = Table(title="Outputs, original vs compressed", title_justify="left")
     header, rows = output_rows(outputs)
     for col in header:
-        o.add_column(col, justify="left" if col in ("output", "kind") else "right")
+        o.add_column(col, justify="left" if col in ("output", "kind", "task measure") else "right")
     for row in rows:
         o.add_row(*row)
     console.print(o)

@@ -40,6 +40,7 @@ from ..progress import Progress
 from ..recipe import Recipe
 from ..runtime.calibrate import calibrate
 from ..runtime.outputs import OutputKind, output_kinds
+from ..runtime.sequence import extended, feedback, run_twice
 from ..runtime.verify import Comparison, compare, error_of, load_feeds, run, session, synthesize_feed
 from .build import LastBuild
 from .report import Report, TensorReport
@@ -121,13 +122,17 @@ class Reference:
     outputs: list[list[np.ndarray]]
     names: list[str]
     kinds: dict[str, OutputKind]  # what each output means, so its error is measured as its task reads it
+    fed_back: dict[int, str] = field(default_factory=dict)  # state outputs run again as inputs (runtime/sequence.py)
 
 
 def reference_outputs(p: Prepared, s: Settings, calibration: Any) -> Reference:
     """onnxruntime must run the original, on these inputs, before any work."""
     sess = _original_session(p.loaded, p.source, s.target.opset is not None)
+    names = [o.name for o in sess.get_outputs()]
+    kinds = output_kinds(p.source, s.verify.output_kinds())
     feeds: FeedList = []
     reference: list = []
+    fed_back: dict[int, str] = {}
     if s.verify.verify or s.plan.active() or s.real_inputs:
         if calibration is not None:
             feeds = calibration_feeds(calibration)
@@ -135,10 +140,13 @@ def reference_outputs(p: Prepared, s: Settings, calibration: Any) -> Reference:
             feeds = load_feeds(s.verify.inputs) if s.verify.inputs else [synthesize_feed(p.source, s.verify.seed)]
         try:
             reference = run(sess, feeds, "the original model")
+            fed_back = feedback(names, kinds, feeds, reference)
+            reference = run_twice(lambda f: run(sess, f, "the original model"), feeds, fed_back, reference)
         except VerificationError as e:
             hint = "check the --inputs file" if s.real_inputs else "pass --inputs FILE.npz with real inputs, or --no-verify"
             raise CompressError(f"{e}; {hint}") from None
-    return Reference(feeds, reference, [o.name for o in sess.get_outputs()], output_kinds(p.source))
+    names, kinds = extended(names, kinds, fed_back)
+    return Reference(feeds, reference, names, kinds, fed_back)
 
 
 def select(p: Prepared, s: Settings) -> Selection:
@@ -196,7 +204,8 @@ def decide(p: Prepared, s: Settings, selection: Selection, ref: Reference, measu
     if not s.plan.active():
         recipe = decide_fixed(selection.weights, s.method, s.codebook, s.lowrank, encoder, progress)
     else:
-        calib = Calibration(ref.feeds, ref.outputs, _plan_metric(s.plan.metric, ref.names, ref.kinds), ref.names, ref.kinds)
+        metric = _plan_metric(s.plan.metric, ref.names, ref.kinds)
+        calib = Calibration(ref.feeds, ref.outputs, metric, ref.names, ref.kinds, ref.fed_back)
         recipe, planned = make_plan(
             p.source, selection.weights, s.plan, calib, p.loaded.file_bytes, encoder, lambda r: builder(r).model, progress
         )
@@ -270,7 +279,7 @@ def verify(p: Prepared, built: Built, ref: Reference, report: Report, progress: 
     try:
         target = p.out_path if p.out_path is not None else built.model
         sess = session(target, "the compressed model", fold=not report.verified_unfolded)
-        candidate = run(sess, ref.feeds, "the compressed model")
+        candidate = run_twice(lambda f: run(sess, f, "the compressed model"), ref.feeds, ref.fed_back)
         report.outputs = compare(ref.names, ref.outputs, candidate, ref.kinds)
     except VerificationError as e:
         if p.out_path is not None:

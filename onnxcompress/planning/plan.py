@@ -29,6 +29,7 @@ from ..memory import release_free_heap
 from ..options import PlanOptions
 from ..progress import Progress
 from ..recipe import AsCodebook, AsFloat16, Keep, Recipe
+from ..runtime.sequence import run_twice
 from ..runtime.verify import run, session
 from .candidates import DECODER_BYTES, pair_options, tensor_options
 from .ladder import Plan, PlanTrace, TensorOptions, ladder, lower_hull, search_error, within_size
@@ -175,18 +176,25 @@ class _Measure:
         if self.probe is None or not all(e.site.name in self.probe.covers for e in encoded):
             return self.built(recipe)
         values = {e.site.name: e.decoded().astype(e.site.array.dtype) for e in encoded}
-        return self.calib.error(self.calib.reference, self.probe.run(self.calib.feeds, values))
+        probe = self.probe
+        outputs = run_twice(lambda feeds: probe.run(feeds, values), self.calib.feeds, self.calib.fed_back)
+        return self.calib.error(self.calib.reference, outputs)
 
     def built(self, recipe: Recipe) -> float:
         self.outputs = []  # the last plan's outputs go before the next plan's arrive (158 MB on the OCR model)
-        model = self.build(recipe)
-        self.outputs = run(session(model, "a planned model"), self.calib.feeds, "a planned model")
+        self.outputs = _run_built(self.build(recipe), self.calib)
         release_free_heap()  # the session just freed holds a copy of every weight
         return self.calib.error(self.calib.reference, self.outputs)
 
     def on_halves(self) -> list[float]:
         """The last built plan's error on each half of the calibration inputs (probe.halves)."""
         return [self.calib.error(ref, cand) for ref, cand in halves(self.calib.feeds, self.calib.reference, self.outputs)]
+
+
+def _run_built(model: onnx.ModelProto, calib: Calibration) -> list[list[np.ndarray]]:
+    """A built plan's outputs on the calibration inputs (its session gone when this returns)."""
+    sess = session(model, "a planned model")
+    return run_twice(lambda feeds: run(sess, feeds, "a planned model"), calib.feeds, calib.fed_back)
 
 
 def _meet_error(

@@ -31,6 +31,7 @@ class Calibration:
     error: Callable[[list[list[np.ndarray]], list[list[np.ndarray]]], float]
     names: list[str] = field(default_factory=list)  # the outputs, in the order the runs give them
     kinds: dict[str, OutputKind] = field(default_factory=dict)  # what each means (runtime/outputs.py)
+    fed_back: dict[int, str] = field(default_factory=dict)  # state outputs run again as inputs (runtime/sequence.py)
 
 
 class Probe:
@@ -64,7 +65,7 @@ def output_gains(
     feed = [_sample(calib.feeds[0], PROBE_ROWS)]
     base = probe.run(feed, {})
     gains: dict[str, float] = {}
-    names = calib.names or [str(i) for i in range(len(base[0]))]
+    names = (calib.names or [str(i) for i in range(len(base[0]))])[: len(base[0])]  # one call: no fed-back state
     for w in weights:
         if w.name not in probe.covers:
             continue

@@ -3,10 +3,15 @@ its error is measured the way its task reads it:
 
 - parts: a Concat of different quantities (a detector's pixel boxes beside its 0..1 scores).
   Its relative L2 error is the worst of its parts', so no part hides behind a larger one;
-- classes: Softmax or LogSoftmax rows, read by their argmax (top-1 agreement);
-- probabilities: a Sigmoid, read as decisions at 0.5 (the share that flips is reported);
+- classes: Softmax or LogSoftmax scores, read by their argmax along the softmax axis;
+- probabilities: a Sigmoid, read as decisions at 0.5;
+- embedding: rows divided by their L2 norm (LpNormalization, or a Div by a ReduceL2), read by
+  their direction;
 - state: a recurrent op's final hidden or cell state, fed back by the caller;
-- dense: anything else (features, embeddings, maps).
+- dense: anything else (features, maps, boxes), read channel by channel.
+
+The caller may say otherwise per output (--output-kind NAME=KIND), or leave an output that
+nothing reads out of the measure (KIND ignore).
 
 Ops that only move values (Reshape, Transpose, Identity...) are looked through; a Concat's axis
 is followed through Transpose and Identity only, where it stays known."""
@@ -17,18 +22,28 @@ from dataclasses import dataclass
 
 import onnx
 
+from ..errors import CompressError
+
 # ops whose output holds the same values as their first input, rearranged
 PASS_THROUGH = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
 RECURRENT = {"LSTM", "GRU", "RNN"}
+# ops between a norm and the Div that uses it (an epsilon floor, a broadcast)
+NORM_GUARDS = {"Clip", "Max", "Add", "Expand", *PASS_THROUGH}
 
 
 @dataclass(frozen=True)
 class OutputKind:
-    kind: str  # parts, classes, probabilities, state or dense
-    axis: int | None = None  # parts: the Concat's axis in the output
+    kind: str  # one of options.OUTPUT_KINDS
+    axis: int | None = None  # parts: the Concat's axis in the output; classes: the softmax axis (None: the last)
     sizes: tuple[int, ...] | None = None  # parts: each part's extent along it (None: one slice each)
+    chosen: bool = False  # said by the caller (--output-kind), not read from the graph
+    feeds_back: str | None = None  # state: the graph input it is fed back into (runtime/sequence.py)
 
     def describe(self) -> str:
+        if self.chosen:
+            return f"{self.kind} (--output-kind)"
+        if self.feeds_back is not None:
+            return f"state (fed back as {self.feeds_back})"
         if self.kind != "parts":
             return self.kind
         if self.axis is None:
@@ -37,27 +52,48 @@ class OutputKind:
         return f"parts ({count} along axis {self.axis})"
 
 
-def output_kinds(model: onnx.ModelProto) -> dict[str, OutputKind]:
-    """Each graph output's kind."""
+def output_kinds(model: onnx.ModelProto, chosen: dict[str, str] | None = None) -> dict[str, OutputKind]:
+    """Each graph output's kind: `chosen` (output name -> kind name) where the caller said it,
+    else read from the graph."""
     graph = model.graph
+    names = [out.name for out in graph.output]
+    for name, kind in (chosen or {}).items():
+        if name not in names:
+            raise CompressError(f"--output-kind {name}={kind}: the model has no output {name!r}; its outputs: {', '.join(names)}")
     producer = {out: node for node in graph.node for out in node.output}
-    kinds = {out.name: _kind_of(out.name, producer, {}) for out in graph.output}
+    inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    kinds = {name: _kind_of(name, producer, {}, inputs) for name in names}
     if any(k.kind == "parts" for k in kinds.values()):  # shape inference: 0.4 s on a 90 MB model
         extents = _static_extents(model)
-        kinds = {out.name: _kind_of(out.name, producer, extents) for out in graph.output}
+        kinds = {name: _kind_of(name, producer, extents, inputs) for name in names}
+    for name, kind in (chosen or {}).items():
+        found = kinds[name]
+        same_kind = found.kind == kind  # keep what the graph says about its axes
+        kinds[name] = OutputKind(kind, found.axis if same_kind else None, found.sizes if same_kind else None, chosen=True)
     return kinds
 
 
-def _kind_of(name: str, producer: dict[str, onnx.NodeProto], extents: dict[str, list[int | None]]) -> OutputKind:
+def _kind_of(
+    name: str, producer: dict[str, onnx.NodeProto], extents: dict[str, list[int | None]], inputs: set[str] = frozenset()
+) -> OutputKind:
     perms: list[list[int]] | None = []  # the Transposes between the node reached and the output; None: axes lost
     while (node := producer.get(name)) is not None:
         op = node.op_type
         if op in ("Softmax", "LogSoftmax"):
-            return OutputKind("classes")
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            if perms is None:  # a reshape after it: the axis is lost, the last one is the guess
+                return OutputKind("classes")
+            if axis < 0 and perms:  # a Transpose's perm gives the rank
+                axis += len(perms[-1])
+            return OutputKind("classes", axis if axis < 0 else _to_output_axis(axis, perms))
         if op == "Sigmoid":
             return OutputKind("probabilities")
-        if op in RECURRENT and list(node.output).index(name) > 0:
-            return OutputKind("state")
+        if op == "LpNormalization" or (op == "Div" and len(node.input) > 1 and _is_norm(node.input[1], producer)):
+            return OutputKind("embedding")
+        if op in RECURRENT and (index := list(node.output).index(name)) > 0:
+            # Y_h, Y_c (outputs 1, 2) start from initial_h, initial_c (inputs 5, 6) on the next call
+            start = node.input[4 + index] if len(node.input) > 4 + index else ""
+            return OutputKind("state", feeds_back=_graph_input(start, producer, inputs))
         if op == "Concat":
             return _parts(node, perms, extents)
         if op not in PASS_THROUGH or not node.input:
@@ -82,12 +118,47 @@ def _parts(node: onnx.NodeProto, perms: list[list[int]] | None, extents: dict[st
             return OutputKind("parts")
         axis += len(shapes[0])
     sizes = tuple(s[axis] if s is not None and axis < len(s) else None for s in shapes)
-    if perms is None:
+    out_axis = _to_output_axis(axis, perms)
+    if out_axis is None:
         return OutputKind("parts")
-    out_axis = axis
-    for perm in reversed(perms):  # from the Concat towards the output
-        out_axis = perm.index(out_axis)
     return OutputKind("parts", out_axis, sizes if all(isinstance(n, int) and n > 0 for n in sizes) else None)
+
+
+def _to_output_axis(axis: int, perms: list[list[int]] | None) -> int | None:
+    """A non-negative axis of a node's output carried through the Transposes after it to the
+    graph output (None: a reshape on the way loses it)."""
+    if perms is None:
+        return None
+    for perm in reversed(perms):  # from the node towards the output
+        if axis >= len(perm):
+            return None
+        axis = perm.index(axis)
+    return axis
+
+
+def _graph_input(name: str, producer: dict[str, onnx.NodeProto], inputs: set[str]) -> str | None:
+    """The graph input a value is, through ops that only move values (None: it is computed)."""
+    while name not in inputs:
+        node = producer.get(name)
+        if node is None or node.op_type not in PASS_THROUGH or not node.input:
+            return None
+        name = node.input[0]
+    return name
+
+
+def _is_norm(name: str, producer: dict[str, onnx.NodeProto]) -> bool:
+    """Whether a value is an L2 norm (ReduceL2, or Sqrt of a ReduceSumSquare), maybe floored by
+    an epsilon and broadcast."""
+    while (node := producer.get(name)) is not None:
+        if node.op_type == "ReduceL2":
+            return True
+        if node.op_type == "Sqrt":
+            inner = producer.get(node.input[0])
+            return inner is not None and inner.op_type == "ReduceSumSquare"
+        if node.op_type not in NORM_GUARDS or not node.input:
+            return False
+        name = node.input[0]
+    return False
 
 
 def _static_extents(model: onnx.ModelProto) -> dict[str, list[int | None]]:

@@ -24,6 +24,8 @@ class OutputDiff:
     top1: float | None = None  # share of positions whose argmax agrees, for classifier-like outputs
     kind: str = "dense"  # what the output is (outputs.py), and so how rel_l2 was measured
     flips: float | None = None  # probabilities: the share of decisions at 0.5 that changed
+    task: float = 0.0  # the measure its kind reads (task_measure), which --metric task bounds
+    measure: str = "rel. L2"  # what `task` is
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,10 +164,60 @@ def compare(
         # 1 - cos from the difference: exact for equal outputs, and accurate where a @ b / (|a||b|)
         # would round 1 - cos (5e-5 after 8 bits) to its last digits
         cos = float(1 - max(dd - (na - nb) ** 2, 0.0) / (2 * na * nb)) if na > 0 and nb > 0 else float(na == nb)
-        top1 = _top1(name, refs, cands, kind.kind == "classes")
+        changed = _changed_argmax(name, refs, cands, kind)
+        top1 = None if changed is None else 1.0 - changed
         flips = _flips(refs, cands) if kind.kind == "probabilities" else None
-        diffs.append(OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips))
+        measure, task = task_measure(kind, refs, cands, rel, changed, flips)
+        diffs.append(OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips, task, measure))
     return diffs
+
+
+def task_measure(
+    kind: OutputKind, refs: list[np.ndarray], cands: list[np.ndarray], rel: float, changed: float | None, flips: float | None
+) -> tuple[str, float]:
+    """What the output's task reads, as (what it is, value), lower is better; --max-error E with
+    the default metric bounds it by E on every output:
+    - classes: the share of positions whose argmax along the class axis changes;
+    - probabilities: the share of decisions at 0.5 that flip;
+    - embedding: 1 - the lowest cosine similarity of a row (an embedding) with its original;
+    - dense: the relative L2 error of the worst channel (slice along the feature axis: axis 1
+      of a 4-D map, else the last axis), so no channel hides behind a larger one;
+    - parts: the worst part's relative L2 error;
+    - state: where it is fed back (runtime/sequence.py), 0: the next call's outputs measure
+      it; else its relative L2 error;
+    - ignore: not measured (0)."""
+    k = kind.kind
+    if k == "classes" and changed is not None:
+        return "changed class", changed
+    if k == "probabilities" and flips is not None:
+        return "flipped at 0.5", flips
+    if k == "embedding" and np.ndim(refs[0]) >= 1:
+        return "1 - cosine, worst row", 1.0 - _worst_row_cosine(refs, cands)
+    if k == "dense" and np.ndim(refs[0]) >= 2:
+        axis = 1 if np.ndim(refs[0]) == 4 else np.ndim(refs[0]) - 1
+        return "rel. L2, worst channel", max(rel_l2_of_parts(refs, cands, OutputKind("parts", axis)))
+    if k == "ignore":
+        return "not measured", 0.0
+    if k == "state" and kind.feeds_back is not None:
+        return "via the next call", 0.0
+    return ("rel. L2, worst part" if k == "parts" else "rel. L2"), rel
+
+
+def _worst_row_cosine(refs: list[np.ndarray], cands: list[np.ndarray]) -> float:
+    """The lowest cosine similarity of a row (along the last axis) with its original; a row that
+    is zero on both sides counts as equal."""
+    worst = 1.0
+    for ref, cand in zip(refs, cands, strict=True):
+        a = np.asarray(ref, dtype=np.float64).reshape(-1, np.shape(ref)[-1] if np.ndim(ref) else 1)
+        b = np.asarray(cand, dtype=np.float64).reshape(a.shape)
+        d = b - a
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        # 1 - cos from the difference, as compare() does: exact where the rows are equal
+        gap = np.maximum(np.sum(d * d, axis=1) - (na - nb) ** 2, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cos = np.where((na > 0) & (nb > 0), 1 - gap / (2 * na * nb), (na == nb).astype(np.float64))
+        worst = min(worst, float(cos.min()) if cos.size else 1.0)
+    return worst
 
 
 DENSE = OutputKind("dense")
@@ -216,28 +268,37 @@ _SOFTMAX_CHECK_ROWS = 256
 _CLASSIFIER_NAME = re.compile(r"prob|logit|score|class|label|softmax", re.IGNORECASE)
 
 
-def _top1(name: str, reference: list[np.ndarray], candidate: list[np.ndarray], classes: bool = False) -> float | None:
-    """Argmax agreement along the last axis, for outputs that are class scores (`classes`: a
-    Softmax or LogSoftmax made them) or look like them: a name that says so, or rows that sum
-    to one."""
+def _changed_argmax(
+    name: str, reference: list[np.ndarray], candidate: list[np.ndarray], kind: OutputKind = DENSE
+) -> float | None:
+    """The share of positions whose argmax along the class axis changes, for outputs that are
+    class scores (a Softmax or LogSoftmax made them: along its axis) or look like them (a name
+    that says so, or rows that sum to one: along the last axis)."""
     first = np.asarray(reference[0])
-    if first.dtype.kind != "f" or first.ndim < 2 or not 2 <= first.shape[-1] <= 1_000_000:
+    classes = kind.kind == "classes"
+    axis = kind.axis if classes and kind.axis is not None and -first.ndim <= kind.axis < first.ndim else -1
+    if first.dtype.kind != "f" or first.ndim < (1 if classes else 2) or not 2 <= first.shape[axis] <= 1_000_000:
         return None
-    rows = first.reshape(-1, first.shape[-1])[:_SOFTMAX_CHECK_ROWS].astype(np.float64)
-    softmax = bool(np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
-    if not (classes or softmax or _CLASSIFIER_NAME.search(name)):
-        return None
-    same = total = 0
+    if not classes:
+        rows = first.reshape(-1, first.shape[-1])[:_SOFTMAX_CHECK_ROWS].astype(np.float64)
+        softmax = bool(np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+        if not (softmax or _CLASSIFIER_NAME.search(name)):
+            return None
+    changed = total = 0
     for a, b in zip(reference, candidate, strict=True):
-        ia, ib = np.argmax(np.asarray(a), axis=-1), np.argmax(np.asarray(b), axis=-1)
-        same += int(np.sum(ia == ib))
+        ia, ib = np.argmax(np.asarray(a), axis=axis), np.argmax(np.asarray(b), axis=axis)
+        changed += int(np.sum(ia != ib))
         total += ia.size
-    return same / total if total else 1.0
+    # the share that changed, exact (1 - agreement rounds 4/400 to 0.010000000000000009)
+    return changed / total if total else 0.0
 
 
 def error_of(diffs: list[OutputDiff], metric: str) -> float:
-    """One number, lower is better: the worst relative L2, 1 - the lowest cosine, the worst max
-    abs error, or 1 - the lowest top-1 agreement over the outputs."""
+    """One number, lower is better: the worst of the outputs' task measures (task_measure), the
+    worst relative L2, 1 - the lowest cosine, the worst max abs error, or 1 - the lowest top-1
+    agreement over the outputs."""
+    if metric == "task":
+        return max((d.task for d in diffs), default=0.0)
     if metric == "rel-l2":
         return max(d.rel_l2 for d in diffs)
     if metric == "cosine":
