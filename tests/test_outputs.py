@@ -234,14 +234,16 @@ def test_probabilities_measure_the_share_of_flipped_decisions():
     assert diff.task == pytest.approx(0.5) and diff.measure == "flipped at 0.5"
 
 
-def test_embeddings_measure_one_minus_the_worst_rows_cosine():
+def test_embeddings_measure_the_worst_rows_change_of_direction():
     rng = np.random.default_rng(2)
     a = [rng.normal(size=(5, 16)) for _ in range(2)]
     b = [x + rng.normal(size=x.shape) * s for x, s in zip(a, (0.01, 0.2), strict=True)]
     pairs = [(x, y) for xs, ys in zip(a, b, strict=True) for x, y in zip(xs, ys, strict=True)]
     rows = [(x @ y) / np.linalg.norm(x) / np.linalg.norm(y) for x, y in pairs]
+    unit = [np.linalg.norm(x / np.linalg.norm(x) - y / np.linalg.norm(y)) for x, y in pairs]
     diff = _one(OutputKind("embedding"), a, b)
-    assert diff.task == pytest.approx(1 - min(rows), rel=1e-9) and diff.measure == "1 - cosine, worst row"
+    assert diff.task == pytest.approx(max(unit), rel=1e-6) == pytest.approx(np.sqrt(2 * (1 - min(rows))), rel=1e-6)
+    assert diff.measure == "direction, worst row"
     zero = [np.zeros((2, 4))]
     assert _one(OutputKind("embedding"), zero, zero).task == 0.0  # zero rows on both sides are equal
 
@@ -304,3 +306,25 @@ def test_the_default_target_bounds_the_changed_classes_in_onnxruntime():
     (diff,) = by_task.report.outputs
     assert changed <= 0.01 and diff.task == pytest.approx(changed) and diff.measure == "changed class"
     assert 0 < changed and by_task.model.ByteSize() <= by_l2.model.ByteSize()  # it spent the target, not more
+
+
+def test_a_dead_channel_is_measured_against_a_floor_and_a_quiet_one_is_not():
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(50, 8))
+    a[:, 0] *= 1e-30  # dead: float noise is all it holds
+    a[:, 1] *= 1e-3  # quiet, but alive
+    d = rng.normal(size=a.shape) * 1e-3
+    d[:, 0] = a[:, 0] * 0.5  # 50% off, relative to nothing
+    diff = _one(OutputKind("dense"), [a], [a + d])
+    quiet = np.linalg.norm(d[:, 1]) / np.linalg.norm(a[:, 1])
+    assert diff.task == pytest.approx(quiet) and quiet > 0.5  # the quiet channel's ~100% counts, the dead one's does not
+
+
+def test_a_layer_norm_over_the_last_axis_gives_token_vectors():
+    def layer_norm(axis):
+        nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=axis)]
+        inits = [("g", np.ones(6, np.float32)), ("b", np.zeros(6, np.float32))]
+        return make_model(nodes, [("x", F, [2, 4, 6])], [("y", F, [2, 4, 6])], inits)
+
+    assert output_kinds(layer_norm(-1))["y"].kind == "embedding"
+    assert output_kinds(layer_norm(1))["y"].kind == "dense"  # normalized over more than the rows

@@ -205,7 +205,8 @@ def decide(p: Prepared, s: Settings, selection: Selection, ref: Reference, measu
         recipe = decide_fixed(selection.weights, s.method, s.codebook, s.lowrank, encoder, progress)
     else:
         metric = _plan_metric(s.plan.metric, ref.names, ref.kinds)
-        calib = Calibration(ref.feeds, ref.outputs, metric, ref.names, ref.kinds, ref.fed_back)
+        gain_metric = "task-smooth" if s.plan.metric == "task" else "rel-l2"
+        calib = Calibration(ref.feeds, ref.outputs, metric, ref.names, ref.kinds, ref.fed_back, gain_metric)
         recipe, planned = make_plan(
             p.source, selection.weights, s.plan, calib, p.loaded.file_bytes, encoder, lambda r: builder(r).model, progress
         )

@@ -32,6 +32,7 @@ class Calibration:
     names: list[str] = field(default_factory=list)  # the outputs, in the order the runs give them
     kinds: dict[str, OutputKind] = field(default_factory=dict)  # what each means (runtime/outputs.py)
     fed_back: dict[int, str] = field(default_factory=dict)  # state outputs run again as inputs (runtime/sequence.py)
+    gain_metric: str = "rel-l2"  # what the gain probes measure: a smooth stand-in for the target's metric
 
 
 class Probe:
@@ -58,10 +59,11 @@ def output_gains(
     probe: Probe, weights: list[WeightSite], importance: dict[str, np.ndarray], eight: dict[str, Codebook], calib: Calibration
 ) -> dict[str, float]:
     """How strongly each tensor's distortion reaches the outputs: each weight alone as its
-    8-bit codebook (`eight`), the rest exact, measured on a sample of the calibration inputs; gain = (worst relative L2
-    error of an output)^2 / distortion, whatever the target's metric (a step metric such as
-    top-1 would read zero for most single tensors). Weights the probe cannot feed get the
-    median gain."""
+    8-bit codebook (`eight`), the rest exact, measured on a sample of the calibration inputs;
+    gain = (worst output's error)^2 / distortion, the error by calib.gain_metric: the relative
+    L2 error, or the task measures' smooth stand-ins (a step metric such as changed classes
+    would read zero for most single tensors). Weights the probe cannot feed get the median
+    gain."""
     feed = [_sample(calib.feeds[0], PROBE_ROWS)]
     base = probe.run(feed, {})
     gains: dict[str, float] = {}
@@ -75,7 +77,7 @@ def output_gains(
         decoded = eight[w.name].decoded().astype(w.array.dtype)
         distortion = float(np.sum(weight * (decoded - a) ** 2) / max(np.sum(weight * a * a), 1e-300))
         got = probe.run(feed, {w.name: decoded})
-        err = error_of(compare(names, base, got, calib.kinds), "rel-l2")  # an output's parts each count
+        err = error_of(compare(names, base, got, calib.kinds), calib.gain_metric)
         if distortion > 0 and np.isfinite(err):
             gains[w.name] = max(err, 1e-12) ** 2 / distortion
     if gains:

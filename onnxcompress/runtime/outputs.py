@@ -5,8 +5,9 @@ its error is measured the way its task reads it:
   Its relative L2 error is the worst of its parts', so no part hides behind a larger one;
 - classes: Softmax or LogSoftmax scores, read by their argmax along the softmax axis;
 - probabilities: a Sigmoid, read as decisions at 0.5;
-- embedding: rows divided by their L2 norm (LpNormalization, or a Div by a ReduceL2), read by
-  their direction;
+- embedding: rows divided by their L2 norm (LpNormalization, or a Div by a ReduceL2), or
+  normalized along the last axis by a LayerNormalization (a transformer's token vectors), read
+  by their direction;
 - state: a recurrent op's final hidden or cell state, fed back by the caller;
 - dense: anything else (features, maps, boxes), read channel by channel.
 
@@ -90,6 +91,8 @@ def _kind_of(
             return OutputKind("probabilities")
         if op == "LpNormalization" or (op == "Div" and len(node.input) > 1 and _is_norm(node.input[1], producer)):
             return OutputKind("embedding")
+        if op == "LayerNormalization" and perms == [] and next((a.i for a in node.attribute if a.name == "axis"), -1) == -1:
+            return OutputKind("embedding")  # rows normalized along the last axis: a transformer's token vectors
         if op in RECURRENT and (index := list(node.output).index(name)) > 0:
             # Y_h, Y_c (outputs 1, 2) start from initial_h, initial_c (inputs 5, 6) on the next call
             start = node.input[4 + index] if len(node.input) > 4 + index else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ class OutputDiff:
     flips: float | None = None  # probabilities: the share of decisions at 0.5 that changed
     task: float = 0.0  # the measure its kind reads (task_measure), which --metric task bounds
     measure: str = "rel. L2"  # what `task` is
+    # a relative error that moves smoothly with the task measure, for the planner's predictions:
+    # decisions (classes, probabilities) change in steps, so there the relative L2 error
+    task_smooth: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,7 +172,8 @@ def compare(
         top1 = None if changed is None else 1.0 - changed
         flips = _flips(refs, cands) if kind.kind == "probabilities" else None
         measure, task = task_measure(kind, refs, cands, rel, changed, flips)
-        diffs.append(OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips, task, measure))
+        smooth = rel if kind.kind in ("classes", "probabilities") else task
+        diffs.append(OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips, task, measure, smooth))
     return diffs
 
 
@@ -179,9 +184,10 @@ def task_measure(
     the default metric bounds it by E on every output:
     - classes: the share of positions whose argmax along the class axis changes;
     - probabilities: the share of decisions at 0.5 that flip;
-    - embedding: 1 - the lowest cosine similarity of a row (an embedding) with its original;
+    - embedding: the worst row's change of direction, |a/|a| - b/|b||;
     - dense: the relative L2 error of the worst channel (slice along the feature axis: axis 1
-      of a 4-D map, else the last axis), so no channel hides behind a larger one;
+      of a 4-D map, else the last axis), so no channel hides behind a larger one (a dead
+      channel is measured against QUIET_CHANNEL of the typical one);
     - parts: the worst part's relative L2 error;
     - state: where it is fed back (runtime/sequence.py), 0: the next call's outputs measure
       it; else its relative L2 error;
@@ -192,10 +198,12 @@ def task_measure(
     if k == "probabilities" and flips is not None:
         return "flipped at 0.5", flips
     if k == "embedding" and np.ndim(refs[0]) >= 1:
-        return "1 - cosine, worst row", 1.0 - _worst_row_cosine(refs, cands)
+        # the distance between the rows as unit vectors, sqrt(2 (1 - cos)): a relative error like
+        # the others (E = 0.01 asks cos >= 0.99995; 1 - cos <= 0.01 would let a row turn 8 degrees)
+        return "direction, worst row", math.sqrt(2.0 * max(1.0 - _worst_row_cosine(refs, cands), 0.0))
     if k == "dense" and np.ndim(refs[0]) >= 2:
         axis = 1 if np.ndim(refs[0]) == 4 else np.ndim(refs[0]) - 1
-        return "rel. L2, worst channel", max(rel_l2_of_parts(refs, cands, OutputKind("parts", axis)))
+        return "rel. L2, worst channel", max(rel_l2_of_parts(refs, cands, OutputKind("parts", axis), QUIET_CHANNEL))
     if k == "ignore":
         return "not measured", 0.0
     if k == "state" and kind.feeds_back is not None:
@@ -221,6 +229,11 @@ def _worst_row_cosine(refs: list[np.ndarray], cands: list[np.ndarray]) -> float:
 
 
 DENSE = OutputKind("dense")
+# A dense output's channel whose norm is below this share of the channels' RMS norm is measured
+# against that floor: MiniLM's last LayerNorm has three dead channels (gamma and beta 1e-32 to
+# 1e-9, outputs 1e-32 to 1e-7 where the median channel's RMS is 0.37) whose relative error is
+# float noise, 10% and more at any compression.
+QUIET_CHANNEL = 1e-5
 
 
 def _sums(refs: list[np.ndarray], cands: list[np.ndarray]) -> tuple[float, float, float, float]:
@@ -240,19 +253,21 @@ def _sums(refs: list[np.ndarray], cands: list[np.ndarray]) -> tuple[float, float
     return dd, aa, bb, float(peak)
 
 
-def rel_l2_of_parts(refs: list[np.ndarray], cands: list[np.ndarray], kind: OutputKind) -> list[float]:
+def rel_l2_of_parts(refs: list[np.ndarray], cands: list[np.ndarray], kind: OutputKind, quiet: float = 0.0) -> list[float]:
     """Each part's relative L2 error over all feeds: the spans of kind.sizes along kind.axis, or
-    every slice along it. A part that is zero in the original counts its absolute error."""
+    every slice along it. A part's norm counts as at least `quiet` times the parts' RMS norm; a
+    part that is zero in the original (and `quiet` 0) counts its absolute error."""
     extent = np.shape(refs[0])[kind.axis]
-    bounds = np.cumsum((0, *kind.sizes)) if kind.sizes and sum(kind.sizes) == extent else np.arange(extent + 1)
-    dd = np.zeros(len(bounds) - 1)
-    aa = np.zeros(len(bounds) - 1)
+    starts = np.cumsum((0, *kind.sizes))[:-1] if kind.sizes and sum(kind.sizes) == extent else np.arange(extent)
+    dd = np.zeros(extent)
+    aa = np.zeros(extent)
     for ref, cand in zip(refs, cands, strict=True):
-        a = np.moveaxis(np.asarray(ref, dtype=np.float64), kind.axis, 0)
-        d = np.moveaxis(np.asarray(cand, dtype=np.float64), kind.axis, 0) - a
-        for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            dd[k] += float(np.sum(d[lo:hi] ** 2))
-            aa[k] += float(np.sum(a[lo:hi] ** 2))
+        a = np.moveaxis(np.asarray(ref, dtype=np.float64), kind.axis, 0).reshape(extent, -1)
+        d = np.moveaxis(np.asarray(cand, dtype=np.float64), kind.axis, 0).reshape(extent, -1) - a
+        dd += np.einsum("ij,ij->i", d, d)
+        aa += np.einsum("ij,ij->i", a, a)
+    dd, aa = np.add.reduceat(dd, starts), np.add.reduceat(aa, starts)
+    aa = np.maximum(aa, quiet**2 * float(np.mean(aa)))
     return [float(np.sqrt(d / a)) if a > 0 else float(np.sqrt(d)) for d, a in zip(dd, aa, strict=True)]
 
 
@@ -299,6 +314,8 @@ def error_of(diffs: list[OutputDiff], metric: str) -> float:
     agreement over the outputs."""
     if metric == "task":
         return max((d.task for d in diffs), default=0.0)
+    if metric == "task-smooth":  # the planner's gains (OutputDiff.task_smooth)
+        return max((d.task_smooth for d in diffs), default=0.0)
     if metric == "rel-l2":
         return max(d.rel_l2 for d in diffs)
     if metric == "cosine":
