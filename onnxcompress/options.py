@@ -117,7 +117,10 @@ class CodebookOptions:
 
     bits: int = _opt(8, "index bits per weight, 1..8 (k = 2^bits levels)", choices=range(1, 9), metavar="1..8")
     granularity: str = _opt(
-        "tensor", "one codebook per tensor, per output channel, or per N consecutive values", metavar="tensor|channel|group:N"
+        "tensor",
+        "one codebook per tensor, per output channel, per tensor over values scaled per output channel, or per N "
+        "consecutive values",
+        metavar="tensor|channel|scaled|group:N",
     )
     codebook_dtype: str = _opt(
         "auto", "how codebook values are stored (auto: the weight's own float type)", choices=["auto", "float32", "float16"]
@@ -136,11 +139,11 @@ class CodebookOptions:
 
     def group_size(self) -> int | None:
         g = self.granularity
-        if g in ("tensor", "channel"):
+        if g in ("tensor", "channel", "scaled"):
             return None
         m = re.fullmatch(r"group:(\d+)", g)
         if not m or int(m.group(1)) < 2:
-            raise CompressError(f"--granularity must be tensor, channel or group:N with N >= 2; got {g!r}")
+            raise CompressError(f"--granularity must be tensor, channel, scaled or group:N with N >= 2; got {g!r}")
         return int(m.group(1))
 
 

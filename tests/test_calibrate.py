@@ -206,7 +206,7 @@ def test_calibration_does_not_need_float_outputs_everywhere():
     assert imp["W"].shape == (48, 40) and np.isclose(imp["W"].mean(), 1.0)
 
 
-@pytest.mark.parametrize("granularity", ["tensor", "channel", "group:40", "group:12"])
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "scaled", "group:40", "group:12"])
 def test_inputs_that_are_always_zero_leave_their_rows_plainly_clustered(granularity):
     """Digits' corner pixels are zero in every image: their rows of W weigh nothing, so a group
     made only of such rows once failed. Such groups are clustered unweighted."""

@@ -91,7 +91,9 @@ def test_the_last_row_is_the_brute_force_best_given_the_others(seed, n, k):
         assert got[d - 1, j] == pytest.approx(best, abs=1e-12)
 
 
-@pytest.mark.parametrize("granularity,axis", [("tensor", 0), ("channel", 0), ("channel", 1), ("group:7", 0)])
+@pytest.mark.parametrize(
+    "granularity,axis", [("tensor", 0), ("channel", 0), ("channel", 1), ("scaled", 0), ("scaled", 1), ("group:7", 0)]
+)
 def test_independent_inputs_leave_nearest_rounding_as_it_is(granularity, axis):
     """A diagonal covariance couples no rows: the labels are the k-means' own in every layout
     (which checks the grouped layout's round trip)."""
@@ -103,7 +105,7 @@ def test_independent_inputs_leave_nearest_rounding_as_it_is(granularity, axis):
     np.testing.assert_array_equal(got.centroids, cb.centroids)
 
 
-@pytest.mark.parametrize("granularity", ["tensor", "channel", "group:16"])
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "scaled", "group:16"])
 def test_compensation_lowers_the_output_error_on_correlated_inputs(granularity):
     rng = np.random.default_rng(4)
     w = rng.normal(size=(64, 24))

@@ -29,7 +29,9 @@ def reference_with_decoded_weights(model, bits, granularity):
     return substitute_decoded(model, [(s, encode_codebook(s.array, opts, s.channel_axis())) for s in sel.weights])
 
 
-@pytest.mark.parametrize("bits,granularity", [(8, "tensor"), (4, "tensor"), (3, "channel"), (5, "group:50"), (1, "tensor")])
+@pytest.mark.parametrize(
+    "bits,granularity", [(8, "tensor"), (4, "tensor"), (3, "channel"), (4, "scaled"), (5, "group:50"), (1, "tensor")]
+)
 @pytest.mark.parametrize("kind", sorted(ALL))
 def test_outputs_match_decoded_weights(kind, bits, granularity):
     model = ALL[kind]()

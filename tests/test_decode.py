@@ -45,7 +45,7 @@ def decoded_in_onnxruntime(cb, dtype=np.float32, opset=17, target_ort=(1, 16)):
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
-@pytest.mark.parametrize("layout", ["tensor", "channel", "group:7"])
+@pytest.mark.parametrize("layout", ["tensor", "channel", "scaled", "group:7"])
 @pytest.mark.parametrize("shape,axis", [((13, 11), 1), ((6, 5, 3, 3), 0), ((1000,), 0)])
 def test_decoder_rebuilds_the_codebook_exactly(bits, layout, shape, axis):
     w = np.random.default_rng(bits).normal(size=shape).astype(np.float32)

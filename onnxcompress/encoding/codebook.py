@@ -22,7 +22,9 @@ class Codebook:
 
     Rows of `labels` and `centroids` are groups: the whole tensor (layout "tensor"), one output
     channel along `axis` (layout "channel"), or `group_size` consecutive values of the flat
-    tensor, the last group padded (layout "group").
+    tensor, the last group padded (layout "group"). Layout "scaled" is one codebook for the
+    whole tensor over its values divided by `scale`, one per channel along `axis` (the
+    channel's RMS): decoded, each channel's levels are the codebook's times its scale.
     """
 
     shape: tuple[int, ...]
@@ -38,6 +40,7 @@ class Codebook:
     # Layout "tensor": the (weighted) SSE of the best clustering with 1..k levels, from the same
     # k-means run (sse_curve's numbers); the planner's rate-distortion curve comes free with it.
     sse_by_k: np.ndarray | None = field(default=None, repr=False, compare=False)
+    scale: np.ndarray | None = None  # layout "scaled": [channels] in the storage dtype
 
     @property
     def n_values(self) -> int:
@@ -50,7 +53,8 @@ class Codebook:
     def stored_bytes(self) -> int:
         """What the weight costs in the file: packed indices plus codebook."""
         groups, k = self.centroids.shape
-        return codebook_size(self.labels.size, self.bits, groups, k, self.centroids.itemsize)
+        scales = 0 if self.scale is None else self.scale.nbytes
+        return codebook_size(self.labels.size, self.bits, groups, k, self.centroids.itemsize) + scales
 
     def decoded(self) -> np.ndarray:
         """The weight exactly as the decode nodes rebuild it, before the final cast."""
@@ -58,7 +62,29 @@ class Codebook:
         if self.layout == "channel":
             moved = tuple(np.moveaxis(np.empty(self.shape, dtype=np.bool_), self.axis, 0).shape)
             return np.moveaxis(vals.reshape(moved), 0, self.axis)
-        return vals.reshape(-1)[: self.n_values].reshape(self.shape)
+        vals = vals.reshape(-1)[: self.n_values].reshape(self.shape)
+        if self.scale is None:
+            return vals
+        return vals.astype(self.scale.dtype) * self.scale.reshape(scale_shape(self.shape, self.axis))
+
+
+def scale_shape(shape: tuple[int, ...], axis: int) -> list[int]:
+    """The shape that broadcasts one value per channel along `axis` over `shape`."""
+    out = [1] * len(shape)
+    out[axis] = shape[axis]
+    return out
+
+
+def scale_dtype(store: np.dtype) -> np.dtype:
+    """What the scales are stored in, and the decoder multiplies in: float32, or float64 for
+    float64 levels (onnxruntime has no float16 Mul kernel to fold with)."""
+    return np.dtype(np.float64) if store == np.float64 else np.dtype(np.float32)
+
+
+def channel_scales(array: np.ndarray, axis: int, dtype: np.dtype) -> np.ndarray:
+    """Each channel's RMS along `axis`, as stored (`dtype`); 1 for a channel of zeros."""
+    rms = np.sqrt(np.mean(channel_rows(array, axis, np.float64) ** 2, axis=1))
+    return np.where(rms > 0, rms, 1.0).astype(dtype)
 
 
 def relative_error(array: np.ndarray, approx: np.ndarray) -> float:
@@ -72,7 +98,7 @@ def relative_error(array: np.ndarray, approx: np.ndarray) -> float:
 def codebook_error(array: np.ndarray, cb: Codebook) -> float:
     """relative_error(array, cb.decoded()), chunk by chunk for a per-tensor codebook (no
     float64 copies of a large weight)."""
-    if cb.layout != "tensor":
+    if cb.layout != "tensor" or cb.scale is not None:
         return relative_error(array, cb.decoded())
     flat, levels, labels = array.reshape(-1), cb.centroids[0], cb.labels[0]
     err = norm = 0.0
@@ -132,7 +158,18 @@ def encode_codebook(array: np.ndarray, options: CodebookOptions, axis: int = 0, 
 def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance: np.ndarray | None) -> Codebook:
     bits, k = options.bits, 1 << options.bits
     store = storage_dtype(array.dtype, options.codebook_dtype)
-    if options.granularity == "tensor" or array.ndim == 0:
+    scale = None
+    if options.granularity == "scaled" and array.ndim >= 2:
+        # values divided by their channel's scale, each weighed by the scale squared: the
+        # k-means then minimizes the (weighted) squared error of the weight itself
+        axis = axis % array.ndim
+        scale = channel_scales(array, axis, scale_dtype(store))
+        shaped = scale.astype(np.float64).reshape(scale_shape(array.shape, axis))
+        scaled_importance = (np.broadcast_to(shaped**2, array.shape) * (1.0 if importance is None else importance)).astype(
+            np.float32
+        )
+        array, importance = (array / shaped).astype(array.dtype), scaled_importance
+    if options.granularity in ("tensor", "scaled") or array.ndim == 0:
         flat = array.reshape(-1)
         w = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32).reshape(-1)
         if w is not None and not w.any():
@@ -146,14 +183,15 @@ def _cluster(array: np.ndarray, options: CodebookOptions, axis: int, importance:
         return Codebook(
             tuple(array.shape),
             bits,
-            "tensor",
-            0,
+            "tensor" if scale is None else "scaled",
+            0 if scale is None else axis,
             flat.size,
             centroids.astype(store)[None, :],
             labels.reshape(1, -1).astype(np.uint8),
             "exact" if exact else "binned",
             0.0,
             sse_by_k=curve,
+            scale=scale,
         )
     if options.granularity == "channel":
         axis = axis % array.ndim

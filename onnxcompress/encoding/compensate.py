@@ -83,7 +83,7 @@ def output_distortion(array: np.ndarray, approx: np.ndarray, cov: Covariance) ->
 def compensate(array: np.ndarray, cb: Codebook, cov: Covariance) -> Codebook:
     """`cb` with labels chosen by error-compensated rounding against `cov` (same levels); its
     method says so."""
-    levels = _Levels(cb.centroids.astype(np.float64))
+    levels = _Levels(_levels_by_group(cb))
     w = cov.as_rows(array.astype(np.float64)).copy()
     groups = cov.as_rows(_group_ids(cb))
     d = w.shape[0]
@@ -153,12 +153,20 @@ class _Levels:
         return self.order[groups, rank], self.sorted[groups, rank]
 
 
+def _levels_by_group(cb: Codebook) -> np.ndarray:
+    """Each group's levels [groups, k]: the codebooks, or for layout "scaled" the one codebook
+    times each channel's scale (a label indexes the same level either way)."""
+    if cb.scale is None:
+        return cb.centroids.astype(np.float64)
+    return cb.scale.astype(np.float64)[:, None] * cb.centroids[0].astype(np.float64)[None, :]
+
+
 def _group_ids(cb: Codebook) -> np.ndarray:
-    """Per value of the weight (in its shape), the row of `cb.centroids` it draws from."""
+    """Per value of the weight (in its shape), the row of _levels_by_group it draws from."""
     n = cb.n_values
     if cb.layout == "tensor":
         return np.zeros(cb.shape, dtype=np.int64)
-    if cb.layout == "channel":
+    if cb.layout in ("channel", "scaled"):
         shape = [1] * len(cb.shape)
         shape[cb.axis] = cb.shape[cb.axis]
         return np.broadcast_to(np.arange(cb.shape[cb.axis]).reshape(shape), cb.shape)
@@ -168,7 +176,7 @@ def _group_ids(cb: Codebook) -> np.ndarray:
 def _to_layout(labels: np.ndarray, cb: Codebook) -> np.ndarray:
     """Labels in the weight's shape back into `cb`'s grouped layout (Codebook.decoded's inverse)."""
     dtype = cb.labels.dtype
-    if cb.layout == "tensor":
+    if cb.layout in ("tensor", "scaled"):
         return labels.reshape(1, -1).astype(dtype)
     if cb.layout == "channel":
         moved = np.moveaxis(labels, cb.axis, 0)

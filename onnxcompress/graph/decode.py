@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from ..encoding.codebook import Codebook
+from ..encoding.codebook import Codebook, scale_shape
 from ..errors import CompressError
 
 PLANE_WIDTHS = (4, 2, 1)
@@ -71,8 +71,9 @@ def pack_plane(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def required_opset(bits: int, layout: str) -> int:
-    """8-bit tensor codebooks need Cast, Gather, Reshape; the rest BitShift or GatherElements."""
-    return 5 if bits == 8 and layout == "tensor" else 11
+    """8-bit tensor codebooks need Cast, Gather, Reshape (and Mul, scaled); the rest BitShift or
+    GatherElements."""
+    return 5 if bits == 8 and layout in ("tensor", "scaled") else 11
 
 
 def check_opset(bits: int, layout: str, opset: int, what: str) -> None:
@@ -98,7 +99,8 @@ def build_decoder(
     """
     check_opset(cb.bits, cb.layout, opset, name)
     b = _Builder(name)
-    index_shape = cb.shape if cb.layout == "tensor" else cb.labels.shape
+    one_codebook = cb.layout in ("tensor", "scaled")
+    index_shape = cb.shape if one_codebook else cb.labels.shape
     native = native_index_type(cb.bits, opset, target_ort)
     if cb.bits == 8:
         idx = b.node("Cast", [b.const("indices", cb.labels.reshape(index_shape))], attrs={"to": onnx.TensorProto.INT32})
@@ -111,8 +113,13 @@ def build_decoder(
     else:
         idx = _unpack(b, cb.labels.reshape(-1), cb.bits, index_shape, opset)
         stored = "planes"
-    if cb.layout == "tensor":
+    if one_codebook:
         vals = b.node("Gather", [b.const("codebook", cb.centroids[0]), idx], attrs={"axis": 0})
+        if cb.scale is not None:  # each channel's levels times its scale, in the scale's type
+            level_type = cb.centroids.dtype
+            if level_type != cb.scale.dtype:
+                vals = b.node("Cast", [vals], attrs={"to": onnx.helper.np_dtype_to_tensor_dtype(cb.scale.dtype)})
+            vals = b.node("Mul", [vals, b.const("scale", cb.scale.reshape(scale_shape(cb.shape, cb.axis)))])
     else:
         vals = b.node("GatherElements", [b.const("codebook", cb.centroids), idx], attrs={"axis": 1})
         if cb.layout == "channel":
@@ -134,7 +141,8 @@ def build_decoder(
                     ],
                 )
             vals = b.node("Reshape", [vals, b.const("shape", np.array(cb.shape, dtype=np.int64))])
-    if onnx.helper.np_dtype_to_tensor_dtype(cb.centroids.dtype) != onnx_dtype:
+    values_type = cb.centroids.dtype if cb.scale is None else cb.scale.dtype
+    if onnx.helper.np_dtype_to_tensor_dtype(values_type) != onnx_dtype:
         b.node("Cast", [vals], attrs={"to": onnx_dtype})
     b.nodes[-1].outputs = [out]
     return b.nodes, stored

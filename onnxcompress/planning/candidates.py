@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..encoding.codebook import channel_rows, codebook_size, per_tensor_widths, storage_dtype
+from ..encoding.codebook import Codebook, channel_rows, codebook_size, per_tensor_widths, storage_dtype
 from ..encoding.encoded import EncodedWeight, pair_encoding
 from ..encoding.kmeans import kmeans1d_batched
 from ..encoding.lowrank import (
@@ -49,9 +49,11 @@ def tensor_options(
     curve: np.ndarray,
     per_channel: bool = True,
     compensate: bool = False,
+    scaled: Codebook | None = None,
 ) -> TensorOptions:
     """Every option's bytes and distortion for one weight; `curve`: the (weighted) SSE of its
-    best per-tensor clustering for 1..256 levels (Codebook.sse_by_k of its 8-bit codebook);
+    best per-tensor clustering for 1..256 levels (Codebook.sse_by_k of its 8-bit codebook), and
+    `scaled`'s the same over values scaled per channel (its 8-bit "scaled" codebook);
     `compensate`: its codebooks will be compensated (the planner scales their distortion)."""
     a = site.array
     if importance is not None and not importance.any():
@@ -65,6 +67,11 @@ def tensor_options(
         options.append(Option(AsFloat16(), a.size * 2 + DECODER_BYTES, float(np.sum(w * (half - a) ** 2)) / norm))
     for bits, size, sse in per_tensor_widths(a.size, curve, entry, _lowest_bits(site)):
         options.append(Option(AsCodebook(bits, "tensor", compensate), size + DECODER_BYTES, sse / norm))
+    if scaled is not None and scaled.sse_by_k is not None and scaled.scale is not None:
+        for bits, size, sse in per_tensor_widths(a.size, scaled.sse_by_k, entry, _lowest_bits(site)):
+            if per_channel or bits == 8:  # below 8 bits needs opset 11
+                cost = size + scaled.scale.nbytes + DECODER_BYTES
+                options.append(Option(AsCodebook(bits, "scaled", compensate), cost, sse / norm))
     if per_channel and a.ndim >= 2 and a.size <= CHANNEL_OPTION_LIMIT:
         axis = site.channel_axis()
         rows = channel_rows(a, axis)

@@ -63,8 +63,11 @@ def make_plan(
     # The 8-bit codebooks come first: their k-means runs also give every per-tensor option's
     # distortion (sse_by_k), and the gain probes and compensation start from them.
     eight = {e.site.name: e.codebook for e in encoder.encode([(w, AsCodebook(8)) for w in weights], progress)}
+    # and over values scaled per channel: one more k-means run gives all the scaled widths
+    scalable = [(w, AsCodebook(8, "scaled")) for w in weights if w.array.ndim >= 2]
+    scaled = {e.site.name: e.codebook for e in encoder.encode(scalable, progress)}
     low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements (Cast: any)
-    tensors = _candidates(weights, eight, sizes, low_bits, encoder)
+    tensors = _candidates(weights, eight, scaled, sizes, low_bits, encoder)
     release_free_heap()  # the spectra and per-channel runs just freed
     try:
         probe: Probe | None = Probe(source, weights)
@@ -97,7 +100,12 @@ def make_plan(
 
 
 def _candidates(
-    weights: list[WeightSite], eight: dict[str, Codebook], sizes: dict[str, int], low_bits: bool, encoder: Encoder
+    weights: list[WeightSite],
+    eight: dict[str, Codebook],
+    scaled: dict[str, Codebook],
+    sizes: dict[str, int],
+    low_bits: bool,
+    encoder: Encoder,
 ) -> list[TensorOptions]:
     """Each tensor's options on all cores; the pairs' encodings go to the encoder. Below opset
     11 only 8 bits per tensor and float16 (pairs of 8-bit codebooks need the same opset)."""
@@ -105,7 +113,14 @@ def _candidates(
     with ThreadPoolExecutor(max(1, min(len(weights), os.cpu_count() or 1))) as pool:
         futures = [
             pool.submit(
-                tensor_options, w, imp.get(w.name), sizes[w.name], _curve(eight[w.name]), low_bits, encoder.can_compensate(w.name)
+                tensor_options,
+                w,
+                imp.get(w.name),
+                sizes[w.name],
+                _curve(eight[w.name]),
+                low_bits,
+                encoder.can_compensate(w.name),
+                scaled.get(w.name),
             )
             for w in weights
         ]
@@ -124,7 +139,7 @@ def _candidates(
 
 def _allowed_below_opset_11(choice) -> bool:
     return isinstance(choice, Keep | AsFloat16) or (
-        isinstance(choice, AsCodebook) and choice.bits == 8 and choice.layout == "tensor"
+        isinstance(choice, AsCodebook) and choice.bits == 8 and choice.layout in ("tensor", "scaled")
     )
 
 
