@@ -344,3 +344,12 @@ def test_sequences_of_classes_count_the_lines_a_ctc_decoder_reads_differently():
     assert diff.top1 == pytest.approx(1 - 3 / 20)  # the positions: 3 of 20 changed
     twice = scores([[0, 1, 0, 1, 2], [0, 3, 0, 0, 4], [1, 1, 0, 2, 0], [0, 0, 4, 0, 0]])  # "1" read twice, a new "4"
     assert _one(OutputKind("classes", -1), [a], [twice]).task == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kind", ["classes", "probabilities", "embedding", "dense", "parts"])
+def test_a_nan_in_the_compressed_output_never_meets_a_target(kind):
+    a = [np.tile(np.array([[0.9, 0.05, 0.05]]), (4, 1))]
+    b = [a[0].copy()]
+    b[0][1] = np.nan  # argmax of a NaN row is 0, the original's class
+    diff = _one(OutputKind(kind, 1 if kind == "parts" else None), a, b)
+    assert diff.task == np.inf and diff.measure == "not finite"

@@ -172,6 +172,8 @@ def compare(
         top1 = None if changed is None else 1.0 - changed
         flips = _flips(refs, cands) if kind.kind == "probabilities" else None
         measure, task = task_measure(kind, refs, cands, rel, changed, flips)
+        if not np.isfinite(peak) and kind.kind != "ignore":  # a NaN argmax can land on the original's class
+            measure, task = "not finite", math.inf
         smooth = rel if kind.kind in ("classes", "probabilities") else task
         diffs.append(OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips, task, measure, smooth))
     return diffs
