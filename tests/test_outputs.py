@@ -353,3 +353,24 @@ def test_a_nan_in_the_compressed_output_never_meets_a_target(kind):
     b[0][1] = np.nan  # argmax of a NaN row is 0, the original's class
     diff = _one(OutputKind(kind, 1 if kind == "parts" else None), a, b)
     assert diff.task == np.inf and diff.measure == "not finite"
+
+
+def test_a_share_of_decisions_over_too_few_of_them_says_so(capsys):
+    """64 rows at 0.01: "met" means none changed, and the report says that one more change on
+    other inputs would be 1.6%."""
+    from onnxcompress.pipeline.report import too_few_decisions
+
+    model = classifier()
+    few = [{"x": np.random.default_rng(9).normal(size=(64, 64)).astype(np.float32)}]
+    r = oc.compress(model, min_elements=64, max_error=0.01, calibration=few)
+    (diff,) = r.report.outputs
+    assert diff.decisions == 64 and diff.task == 0.0
+    note = too_few_decisions(r.report.outputs, r.report.plan, "task")
+    assert note is not None and "p (64 positions)" in note and "fewer than 100" in note
+    r.report.render()
+    assert "none may change" in " ".join(capsys.readouterr().out.split())
+    assert too_few_decisions(r.report.outputs, r.report.plan, "rel-l2") is None  # a relative error, not a share
+    many = [{"x": np.random.default_rng(9).normal(size=(400, 64)).astype(np.float32)}]
+    enough = oc.compress(model, min_elements=64, max_error=0.01, calibration=many)
+    assert enough.report.outputs[0].decisions == 400
+    assert too_few_decisions(enough.report.outputs, enough.report.plan, "task") is None

@@ -30,6 +30,7 @@ class OutputDiff:
     # a relative error that moves smoothly with the task measure, for the planner's predictions:
     # decisions (classes, probabilities) change in steps, so there the relative L2 error
     task_smooth: float = 0.0
+    decisions: int = 0  # how many decisions a step measure (classes, probabilities) counted over
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,7 +176,8 @@ def compare(
         if not np.isfinite(peak) and kind.kind != "ignore":  # a NaN argmax can land on the original's class
             measure, task = "not finite", math.inf
         smooth = rel if kind.kind in ("classes", "probabilities") else task
-        diffs.append(OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips, task, measure, smooth))
+        count = _decisions(measure, refs, kind)
+        diffs.append(OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips, task, measure, smooth, count))
     return diffs
 
 
@@ -217,6 +219,18 @@ def task_measure(
     if k == "state" and kind.feeds_back is not None:
         return "via the next call", 0.0
     return ("rel. L2, worst part" if k == "parts" else "rel. L2"), rel
+
+
+def _decisions(measure: str, refs: list[np.ndarray], kind: OutputKind) -> int:
+    """How many decisions a step measure counted: positions, sequences or values at 0.5."""
+    if measure == "changed class":
+        axis = kind.axis if kind.axis is not None else -1
+        return sum(np.size(a) // np.shape(a)[axis] for a in refs)
+    if measure == "sequences read differently":
+        return sum(np.shape(a)[0] for a in refs)
+    if measure == "flipped at 0.5":
+        return sum(np.size(a) for a in refs)
+    return 0
 
 
 def _worst_row_cosine(refs: list[np.ndarray], cands: list[np.ndarray]) -> float:
