@@ -81,7 +81,7 @@ def _kind_of(
     while (node := producer.get(name)) is not None:
         op = node.op_type
         if op in ("Softmax", "LogSoftmax"):
-            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            axis = _axis(node, -1)
             if perms is None:  # a reshape after it: the axis is lost, the last one is the guess
                 return OutputKind("classes")
             if axis < 0 and perms:  # a Transpose's perm gives the rank
@@ -91,7 +91,7 @@ def _kind_of(
             return OutputKind("probabilities")
         if op == "LpNormalization" or (op == "Div" and len(node.input) > 1 and _is_norm(node.input[1], producer)):
             return OutputKind("embedding")
-        if op == "LayerNormalization" and perms == [] and next((a.i for a in node.attribute if a.name == "axis"), -1) == -1:
+        if op == "LayerNormalization" and perms == [] and _axis(node, -1) == -1:
             return OutputKind("embedding")  # rows normalized along the last axis: a transformer's token vectors
         if op in RECURRENT and (index := list(node.output).index(name)) > 0:
             # Y_h, Y_c (outputs 1, 2) start from initial_h, initial_c (inputs 5, 6) on the next call
@@ -114,7 +114,7 @@ def _parts(node: onnx.NodeProto, perms: list[list[int]] | None, extents: dict[st
     """A Concat's parts in the output's axes: its axis carried through the Transposes after it
     (None where a reshape loses it: the output is then measured whole, and says so), and the
     inputs' extents along it where shape inference knows them all (else one part per slice)."""
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    axis = _axis(node, 0)
     shapes = [extents.get(i) for i in node.input]
     if axis < 0:
         if not shapes or shapes[0] is None:
@@ -125,6 +125,11 @@ def _parts(node: onnx.NodeProto, perms: list[list[int]] | None, extents: dict[st
     if out_axis is None:
         return OutputKind("parts")
     return OutputKind("parts", out_axis, sizes if all(isinstance(n, int) and n > 0 for n in sizes) else None)
+
+
+def _axis(node: onnx.NodeProto, default: int) -> int:
+    """The node's `axis` attribute, or the op's default."""
+    return next((a.i for a in node.attribute if a.name == "axis"), default)
 
 
 def _to_output_axis(axis: int, perms: list[list[int]] | None) -> int | None:
