@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,8 @@ from .kmeans import kmeans1d, kmeans1d_batched
 # large all-distinct tensor takes the binned path under --kmeans auto (about 0.1 s at the limit;
 # the binned path is 1e-7 above the optimal SSE at k = 16 and 3e-5 at k = 256 on real weights).
 EXACT_WORK_LIMIT = 1 << 23
+# Large weights are read in steps of 1 Mi values (8 MB in float64): binning, decoding, errors.
+CHUNK = 1 << 20
 
 
 @dataclass
@@ -58,14 +61,30 @@ class Codebook:
 
     def decoded(self) -> np.ndarray:
         """The weight exactly as the decode nodes rebuild it, before the final cast."""
-        vals = np.take_along_axis(self.centroids, self.labels.astype(np.intp), axis=1)
+        vals = _lookup(self.centroids, self.labels)
         if self.layout == "channel":
             moved = tuple(np.moveaxis(np.empty(self.shape, dtype=np.bool_), self.axis, 0).shape)
             return np.moveaxis(vals.reshape(moved), 0, self.axis)
         vals = vals.reshape(-1)[: self.n_values].reshape(self.shape)
         if self.scale is None:
             return vals
-        return vals.astype(self.scale.dtype) * self.scale.reshape(scale_shape(self.shape, self.axis))
+        vals = vals.astype(self.scale.dtype, copy=False)
+        vals *= self.scale.reshape(scale_shape(self.shape, self.axis))  # in place: the lookup is a fresh array
+        return vals
+
+
+def _lookup(centroids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each label's level in its group's row, [groups, values per group]. Indexing by the
+    uint8 labels themselves: converting them to index integers first took 8 bytes per value
+    (94 MB more for MiniLM's word embedding)."""
+    if centroids.shape[0] == 1:
+        return centroids[0][labels[0]][None, :]
+    out = np.empty(labels.shape, dtype=centroids.dtype)
+    rows = max(1, CHUNK // max(1, labels.shape[1]))
+    for start in range(0, labels.shape[0], rows):
+        part = slice(start, start + rows)
+        out[part] = np.take_along_axis(centroids[part], labels[part].astype(np.intp), axis=1)
+    return out
 
 
 def scale_shape(shape: tuple[int, ...], axis: int) -> list[int]:
@@ -88,25 +107,48 @@ def channel_scales(array: np.ndarray, axis: int, dtype: np.dtype) -> np.ndarray:
 
 
 def relative_error(array: np.ndarray, approx: np.ndarray) -> float:
-    """||W - approx|| / ||W|| (the absolute error when W is zero)."""
-    w = array.astype(np.float64)
-    norm = float(np.linalg.norm(w))
-    err = float(np.linalg.norm(approx.astype(np.float64).reshape(w.shape) - w))
-    return err / norm if norm > 0 else err
+    """||W - approx|| / ||W|| (the absolute error when W is zero), summed chunk by chunk in
+    float64: no float64 copies of a large weight (float16 of MiniLM's word embedding took
+    0.38 GB at once)."""
+    flat, other = array.reshape(-1), approx.reshape(-1)
+    return _error_over_chunks(flat, lambda part: other[part])
 
 
 def codebook_error(array: np.ndarray, cb: Codebook) -> float:
-    """relative_error(array, cb.decoded()), chunk by chunk for a per-tensor codebook (no
-    float64 copies of a large weight)."""
-    if cb.layout != "tensor" or cb.scale is not None:
+    """relative_error(array, cb.decoded()); a per-tensor codebook's levels are looked up chunk
+    by chunk, without decoding it whole."""
+    if cb.layout != "tensor":
         return relative_error(array, cb.decoded())
-    flat, levels, labels = array.reshape(-1), cb.centroids[0], cb.labels[0]
+    levels, labels = cb.centroids[0], cb.labels[0]
+    return _error_over_chunks(array.reshape(-1), lambda part: levels[labels[part]])
+
+
+def _error_over_chunks(flat: np.ndarray, approx_of: Callable[[slice], np.ndarray]) -> float:
     err = norm = 0.0
     for part in _chunks(flat.size):
         w = flat[part].astype(np.float64)
-        d = levels[labels[part]].astype(np.float64) - w
+        d = approx_of(part).astype(np.float64) - w
         err, norm = err + float(d @ d), norm + float(w @ w)
     return float(np.sqrt(err / norm)) if norm > 0 else float(np.sqrt(err))
+
+
+def weighted_sse(array: np.ndarray, approx: np.ndarray | None = None, weight: np.ndarray | None = None) -> float:
+    """sum(weight * (approx - W)^2), or without `approx` sum(weight * W^2), in float64 over
+    blocks of W's first axis; `weight` broadcastable to W's shape (None: all ones)."""
+    if array.ndim == 0:
+        array = array.reshape(1)
+    other = None if approx is None else approx.reshape(array.shape)
+    full = None if weight is None else np.broadcast_to(weight, array.shape)
+    step = max(1, CHUNK // max(1, array.size // max(1, array.shape[0])))
+    total = 0.0
+    for start in range(0, array.shape[0], step):
+        part = slice(start, start + step)
+        d = array[part].astype(np.float64)
+        if other is not None:
+            d = other[part].astype(np.float64) - d
+        d *= d
+        total += float(np.sum(d if full is None else d * full[part]))
+    return total
 
 
 def codebook_size(n_values: int, bits: int, n_codebooks: int, k: int, itemsize: int) -> int:
@@ -146,10 +188,10 @@ def storage_dtype(weight_dtype: np.dtype, codebook_dtype: str) -> np.dtype:
 
 def encode_codebook(array: np.ndarray, options: CodebookOptions, axis: int = 0, importance: np.ndarray | None = None) -> Codebook:
     """Cluster the values of `array` into 2^bits levels per group; `axis` is the output
-    channel for --granularity channel; `importance` (the weight's shape) weights each value's
+    channel for --granularity channel; `importance` (broadcastable to its shape) weights each value's
     squared error (see calibrate.py). Also measures the relative weight error."""
     t0 = time.perf_counter()
-    cb = _cluster(array, options, axis, importance)
+    cb = _cluster(array, options, axis, None if importance is None else np.broadcast_to(importance, array.shape))
     cb.rel_error = codebook_error(array, cb)
     cb.seconds = time.perf_counter() - t0
     return cb
@@ -281,16 +323,16 @@ def sse_curve(array: np.ndarray, k: int, method: str = "auto", importance: np.nd
     for a large tensor the binned bound (DP over the bins plus the within-bin SSE, which is
     what those partitions really cost; within about 1e-4 of the optimum)."""
     flat = array.reshape(-1)
-    w = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32).reshape(-1)
+    w = (
+        None
+        if importance is None
+        else np.ascontiguousarray(np.broadcast_to(importance, array.shape), dtype=np.float32).reshape(-1)
+    )
     exact = use_exact(array, k, method)
     if exact:
         return kmeans1d(flat, k, w).sse_by_k, "exact"
     counts, means, within = _fp16_bins(flat, w)
     return kmeans1d(means, k, counts).sse_by_k + within, "binned"
-
-
-# The binned path's step: 1 Mi values (8 MB in float64) at a time.
-CHUNK = 1 << 20
 
 
 def _chunks(n: int):

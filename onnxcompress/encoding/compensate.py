@@ -29,17 +29,32 @@ class Covariance:
     lays out as a [reduction, outputs] matrix: "rows" (X @ W), "cols" (W @ X, Gemm with transB:
     the transpose) or "filters" (Conv: [Cout, Cin * kernel] transposed)."""
 
-    matrix: np.ndarray  # [d, d] float64
+    # [d, d], kept in float32 like its factor: the two in float64 held 284 MB through MiniLM's
+    # plan; each use computes in float64 (the factor's rounding moves no plan by a byte there).
+    # None once only the factor is kept (keep_factor_only).
+    matrix: np.ndarray | None
     view: str
     samples: int = 0  # how many input vectors it was measured on (0: as if infinitely many)
     _factor: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        assert self.matrix is not None
+        self.matrix = np.asarray(self.matrix, dtype=np.float32)
+        self.features = self.matrix.shape[0]
 
     def factor(self) -> np.ndarray:
         """The rounding's error-spreading factor (see _inverse_factor), computed once: every
         bit width and layout the planner tries reuses it."""
         if self._factor is None:
-            self._factor = _inverse_factor(self.matrix, self.shrinkage())
+            assert self.matrix is not None
+            self._factor = _inverse_factor(self.matrix, self.shrinkage()).astype(np.float32)
         return self._factor
+
+    def keep_factor_only(self) -> None:
+        """Drops the matrix once its output distortions are measured: rounding needs only the
+        factor (71 MB less through the rest of MiniLM's plan)."""
+        self.factor()
+        self.matrix = None
 
     def shrinkage(self) -> float:
         """How far the matrix is pulled towards its mean variance before use: DAMPING, or
@@ -49,7 +64,7 @@ class Covariance:
         is left to compensate (nearest rounding). On MiniLM, calibrated on half its sentences
         and measured on the other half, shrinking by 0.1 kept 2-5x of the gain at d / n of 0.1
         and 0.42, where 0.01 lost up to a third of it."""
-        d = self.matrix.shape[0]
+        d = self.features
         return min(1.0, max(DAMPING, d / (2 * self.samples))) if self.samples > 0 else DAMPING
 
     def as_rows(self, array: np.ndarray) -> np.ndarray:
@@ -75,7 +90,8 @@ def output_distortion(array: np.ndarray, approx: np.ndarray, cov: Covariance) ->
     energy the approximation loses (on the calibration inputs' statistics)."""
     w = cov.as_rows(array.astype(np.float64))
     d = cov.as_rows(approx.astype(np.float64).reshape(array.shape)) - w
-    h = cov.matrix
+    assert cov.matrix is not None, "output distortions are measured before keep_factor_only"
+    h = cov.matrix.astype(np.float64)
     norm = float(np.einsum("ij,ij->", w, h @ w))
     return float(np.einsum("ij,ij->", d, h @ d)) / norm if norm > 0 else 0.0
 
@@ -87,8 +103,8 @@ def compensate(array: np.ndarray, cb: Codebook, cov: Covariance) -> Codebook:
     w = cov.as_rows(array.astype(np.float64)).copy()
     groups = cov.as_rows(_group_ids(cb))
     d = w.shape[0]
-    if cov.matrix.shape != (d, d):
-        raise ValueError(f"covariance of shape {cov.matrix.shape} for a weight with {d} input features")
+    if cov.features != d:
+        raise ValueError(f"covariance over {cov.features} features for a weight with {d} input features")
     u = cov.factor()
     labels = np.empty(w.shape, dtype=np.int64)
     for start in range(0, d, BLOCK):

@@ -46,7 +46,7 @@ class EncodedWeight:
     def decoded(self) -> np.ndarray:
         """The weight as the compressed model computes it (the product of the decoded factors)."""
         if self.half is not None:
-            return self.half.astype(np.float64)
+            return self.half.astype(np.float32)  # exactly the float16 values
         if self.pair is None:
             assert self.codebook is not None
             return self.codebook.decoded()
@@ -119,7 +119,7 @@ class Encoder:
         for site, c in todo:
             if isinstance(c, AsFloat16):
                 half = site.array.astype(np.float16)
-                self.add(EncodedWeight(site, c, half=half, rel_error=relative_error(site.array, half.astype(np.float64))))
+                self.add(EncodedWeight(site, c, half=half, rel_error=relative_error(site.array, half)))
             elif isinstance(c, AsPair):
                 pair = encode_lowrank(site.array, c.kind, replace(self.lowrank_o, rank=c.rank, rank_ratio=None, energy=None))
                 self.add(pair_encoding(site, pair, c, self.codebook_o))

@@ -62,12 +62,14 @@ def rewrite_graph(
     return result, stored
 
 
-def rewrite_casts(model: onnx.ModelProto, halves: list[tuple[WeightSite, np.ndarray]]) -> onnx.ModelProto:
-    """A copy of `model` with each of these weights stored as float16 (`<weight>::float16`) and
-    cast back to its own type by a Cast node named like the weight, first in the graph
-    (onnxruntime folds it at load)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def rewrite_casts(model: onnx.ModelProto, halves: list[tuple[WeightSite, np.ndarray]], in_place: bool = False) -> onnx.ModelProto:
+    """A copy of `model` (or `model` itself, `in_place`) with each of these weights stored as
+    float16 (`<weight>::float16`) and cast back to its own type by a Cast node named like the
+    weight, first in the graph (onnxruntime folds it at load)."""
+    out = model
+    if not in_place:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     graph = out.graph
     names = {site.name for site, _ in halves}
     keep = [t for t in graph.initializer if t.name not in names]

@@ -49,7 +49,8 @@ def assemble(
     if codebooks:
         out, stored = rewrite_graph(out, codebooks, target_ort)
     halves = [(e.site, e.half) for e in encoded if e.half is not None]
-    return (rewrite_casts(out, halves) if halves else out), stored
+    # a rewritten model is this build's own: its casts go in in place, without a second copy
+    return (rewrite_casts(out, halves, in_place=out is not model) if halves else out), stored
 
 
 class LastBuild:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..encoding.codebook import Codebook, channel_rows, codebook_size, per_tensor_widths, storage_dtype
+from ..encoding.codebook import Codebook, channel_rows, codebook_size, per_tensor_widths, storage_dtype, weighted_sse
 from ..encoding.encoded import EncodedWeight, pair_encoding
 from ..encoding.kmeans import kmeans1d_batched
 from ..encoding.lowrank import (
@@ -58,13 +58,12 @@ def tensor_options(
     a = site.array
     if importance is not None and not importance.any():
         importance = None  # no value matters on the calibration inputs: clustered plainly (codebook.py)
-    w = np.ones(a.shape) if importance is None else importance.astype(np.float64)
-    norm = float(np.sum(w * a.astype(np.float64) ** 2)) or 1.0  # all zero: every option is exact
+    norm = weighted_sse(a, None, importance) or 1.0  # all zero: every option is exact
     entry = storage_dtype(a.dtype, "auto").itemsize
     options = [Option(KEPT, bytes=original_bytes, distortion=0.0)]
     if float16_is_an_option(a):
-        half = a.astype(np.float16).astype(np.float64)
-        options.append(Option(AsFloat16(), a.size * 2 + DECODER_BYTES, float(np.sum(w * (half - a) ** 2)) / norm))
+        half = weighted_sse(a, a.astype(np.float16), importance)
+        options.append(Option(AsFloat16(), a.size * 2 + DECODER_BYTES, half / norm))
     for bits, size, sse in per_tensor_widths(a.size, curve, entry, _lowest_bits(site)):
         options.append(Option(AsCodebook(bits, "tensor", compensate), size + DECODER_BYTES, sse / norm))
     if scaled is not None and scaled.sse_by_k is not None and scaled.scale is not None:
@@ -107,8 +106,7 @@ def pair_options(
         return [], []
     a = site.array
     rows, cols = as_matrix(a, kind).shape
-    weight = np.ones(a.shape) if importance is None else np.broadcast_to(importance, a.shape).astype(np.float64)
-    norm = float(np.sum(weight * a.astype(np.float64) ** 2))
+    norm = weighted_sse(a, None, importance)
     matrix: np.ndarray = as_matrix(a, kind).astype(np.float64 if a.dtype == np.float64 else np.float32)
     s = singular_values(matrix)  # first only the spectrum: most trained weights stop here
     total = float(np.sum(s**2))
@@ -137,7 +135,7 @@ def pair_options(
             choices.append(AsPair(r, kind, 8, "tensor"))
         for choice in choices:
             e = pair_encoding(site, pair, choice, codebook_o)
-            distortion = float(np.sum(weight * (e.decoded() - a) ** 2)) / norm if norm > 0 else 0.0
+            distortion = weighted_sse(a, e.decoded(), importance) / norm if norm > 0 else 0.0
             options.append(Option(choice, e.stored_bytes() + DECODER_BYTES, distortion))
             encoded.append(e)
     return options, encoded

@@ -77,6 +77,7 @@ def make_plan(
     release_free_heap()
     plans = ladder(tensors)
     measure = _Measure(weights, encoder, calib, probe, build, progress)
+    del probe  # the measure owns it, and lets it go before the chosen plan is confirmed
     other_bytes = file_bytes - sum(sizes.values())
     trace = PlanTrace()
     if plan_o.max_error is not None:
@@ -167,6 +168,8 @@ def _weigh(
                 EncodedWeight(sites[n], AsCodebook(8, "tensor", True), codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds)
             )
     ratios = compensation_ratios(weights, eight, compensated, encoder.covariance) if compensated else {}
+    for n in names:
+        encoder.covariance[n].keep_factor_only()
     for t in tensors:
         g, r = gains.get(t.site.name, 1.0), ratios.get(t.site.name, 1.0)
         t.options = [
@@ -190,13 +193,14 @@ class _Measure:
         encoded = self.encoder.encode(items, self.progress)
         if self.probe is None or not all(e.site.name in self.probe.covers for e in encoded):
             return self.built(recipe)
-        values = {e.site.name: e.decoded().astype(e.site.array.dtype) for e in encoded}
+        values = {e.site.name: e.decoded().astype(e.site.array.dtype, copy=False) for e in encoded}
         probe = self.probe
         outputs = run_twice(lambda feeds: probe.run(feeds, values), self.calib.feeds, self.calib.fed_back)
         return self.calib.error(self.calib.reference, outputs)
 
     def built(self, recipe: Recipe) -> float:
         self.outputs = []  # the last plan's outputs go before the next plan's arrive (158 MB on the OCR model)
+        release_free_heap()  # what the probe runs freed, before the build and its session take theirs
         self.outputs = _run_built(self.build(recipe), self.calib)
         release_free_heap()  # the session just freed holds a copy of every weight
         return self.calib.error(self.calib.reference, self.outputs)
@@ -219,6 +223,7 @@ def _meet_error(
     metric = plan_o.metric if isinstance(plan_o.metric, str) else "your metric"
     target = f"--max-error {plan_o.max_error:g} ({metric})"
     best = search_error(plans, plan_o.max_error, measure, trace, tensors)
+    measure.probe = None  # from here on every plan is built; its session held a copy of the weights
     # the probe runs without onnxruntime's constant-weight fusions: confirm on the built
     # model, and step up the ladder in the rare case rounding puts it over the target
     while best is not None and (built := measure.built(best.recipe())) > plan_o.max_error:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..encoding.codebook import Codebook
+from ..encoding.codebook import Codebook, weighted_sse
 from ..encoding.compensate import Covariance, output_distortion
 from ..io.select import WeightSite
 from ..runtime.outputs import OutputKind
@@ -72,10 +72,8 @@ def output_gains(
         if w.name not in probe.covers:
             continue
         imp = importance.get(w.name)
-        weight = np.ones(w.array.shape) if imp is None else imp.astype(np.float64)
-        a = w.array.astype(np.float64)
-        decoded = eight[w.name].decoded().astype(w.array.dtype)
-        distortion = float(np.sum(weight * (decoded - a) ** 2) / max(np.sum(weight * a * a), 1e-300))
+        decoded = eight[w.name].decoded().astype(w.array.dtype, copy=False)
+        distortion = weighted_sse(w.array, decoded, imp) / max(weighted_sse(w.array, None, imp), 1e-300)
         got = probe.run(feed, {w.name: decoded})
         err = error_of(compare(names, base, got, calib.kinds), calib.gain_metric)
         if distortion > 0 and np.isfinite(err):
