@@ -22,12 +22,15 @@ class AsFloat16:
 @dataclass(frozen=True)
 class AsCodebook:
     """A k-means codebook of 2^bits levels per group plus packed indices. `layout`: tensor,
-    channel or group:N. `compensate`: labels chosen against the weight's input covariance
-    (compensate.py) instead of nearest rounding."""
+    channel, scaled or group:N. `compensate`: labels chosen against the weight's input
+    covariance (compensate.py) instead of nearest rounding. `axis`: the channel axis of a
+    channel or scaled layout when it is not the weight's output channels (WeightSite.channel_axis),
+    such as an embedding table's columns."""
 
     bits: int
     layout: str = "tensor"
     compensate: bool = False
+    axis: int | None = None
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def describe(choice: Choice) -> str:
     if isinstance(choice, AsFloat16):
         return "float16"
     if isinstance(choice, AsCodebook):
-        return f"{choice.bits} {choice.layout}"
+        return f"{choice.bits} {choice.layout}" + (f" axis {choice.axis}" if choice.axis is not None else "")
     factors = f" + {choice.factor_bits} {choice.factor_layout}" if choice.factor_bits is not None else ""
     return f"rank {choice.rank}{factors}"
 

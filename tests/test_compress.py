@@ -263,7 +263,30 @@ def test_codebook_carries_the_curve_of_its_own_run(kmeans):
         sse = float(np.sum(w * (cb.decoded().astype(np.float64) - x) ** 2))
         # exact: the codebook is the curve's optimum; binned: the Lloyd polish only lowers it
         assert sse <= cb.sse_by_k[-1] * (1 + 1e-6) and sse >= cb.sse_by_k[-1] * (0.99 if kmeans == "binned" else 1 - 1e-6)
-    assert encode_codebook(x, CodebookOptions(bits=4, granularity="channel")).sse_by_k is None
+
+
+@pytest.mark.parametrize("path", ["exact", "binned"])
+def test_a_per_channel_codebook_carries_the_summed_curve_of_its_channels(path, monkeypatch):
+    """Layout channel: sse_by_k sums each channel's optimal curve (exact per channel; binned
+    row by row for long channels, within the binned promise), and its entry at k is what the
+    codebook's clustering costs."""
+    import onnxcompress.encoding.codebook as codebook
+    from onnxcompress.encoding.codebook import sse_curve
+
+    if path == "binned":
+        monkeypatch.setattr(codebook, "CHANNEL_EXACT_WORK_LIMIT", 100)  # every channel here is "long"
+    rng = np.random.default_rng(6)
+    x = rng.standard_t(5, size=(12, 400)).astype(np.float32)
+    importance = rng.uniform(0.1, 2.0, size=(1, 400)) * np.ones((12, 1))
+    for imp in (None, importance):
+        cb = encode_codebook(x, CodebookOptions(bits=5, granularity="channel"), axis=0, importance=imp)
+        assert cb.method == path
+        optimum = sum(sse_curve(x[i], 32, "exact", None if imp is None else imp[i])[0] for i in range(12))
+        assert cb.sse_by_k is not None
+        np.testing.assert_allclose(cb.sse_by_k, optimum, rtol=1e-9 if path == "exact" else 1e-4)
+        w = np.ones(x.shape) if imp is None else imp
+        sse = float(np.sum(w * (cb.decoded().astype(np.float64) - x) ** 2))
+        assert optimum[-1] * (1 - 1e-6) <= sse <= optimum[-1] * (1 + (1e-6 if path == "exact" else 1e-4))
 
 
 def test_large_models_are_verified_without_folding(monkeypatch):

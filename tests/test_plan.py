@@ -310,3 +310,52 @@ def test_a_weight_only_added_is_never_planned_below_four_bits():
     bits = {t.name: t.bits for t in r.report.tensors}
     assert bits["b"] is not None and bits["b"] >= 4
     assert bits["W"] < 4  # the product's weight may go lower
+
+
+def test_long_channels_are_offered_codebooks_per_channel_along_their_axis():
+    """long_channel_choice: an embedding table's columns (its rows are its own channels), a
+    table whose own channels are long, and nothing for a product's weight or where no channel
+    reaches LONG_CHANNEL."""
+    from onnxcompress.io.select import Consumer
+    from onnxcompress.planning.candidates import LONG_CHANNEL, long_channel_choice
+
+    table = site("E", (LONG_CHANNEL, 8))
+    table.consumers = [Consumer("Gather", 0, False)]
+    assert long_channel_choice(table) == AsCodebook(8, "channel", axis=1)
+    tall = site("T", (4, LONG_CHANNEL))
+    tall.consumers = [Consumer("Gather", 0, False)]  # 4 rows of 8192 values: its own channels
+    assert long_channel_choice(tall, 6) == AsCodebook(6, "channel")
+    head = site("W", (LONG_CHANNEL, 4))
+    head.consumers = [Consumer("MatMul", 1, False)]
+    assert long_channel_choice(head) is None
+    for short in (site("S", (LONG_CHANNEL - 1, 8)), site("V", (LONG_CHANNEL * 2,))):
+        short.consumers = [Consumer("Gather", 0, False)]
+        assert long_channel_choice(short) is None
+
+
+def test_an_embedding_whose_columns_differ_is_planned_per_column():
+    """Columns at scales 1e-3 to 1 in one table: one codebook for all starves the small columns
+    (the output's worst channel), one per column does not. The plan takes them, and onnxruntime
+    decodes exactly the codebook's values."""
+    from onnxcompress.planning.candidates import LONG_CHANNEL
+
+    rng = np.random.default_rng(11)
+    table = (rng.standard_t(4, size=(LONG_CHANNEL, 6)) * np.logspace(-3, 0, 6)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Gather", ["E", "ids"], ["y"], axis=0)],
+        [("ids", onnx.TensorProto.INT64, ["batch", "seq"])],
+        [("y", F, ["batch", "seq", 6])],
+        [("E", table)],
+    )
+    ids = rng.integers(0, LONG_CHANNEL, size=(64, 32)).astype(np.int64)
+    r = oc.compress(model, min_elements=64, max_error=0.01, calibration={"ids": ids})
+    (row,) = r.report.tensors
+    assert row.describe().endswith("channel axis 1") and row.bits is not None and row.bits >= 4
+    assert r.report.plan["measured"] <= 0.01
+    got = ort.InferenceSession(r.model.SerializeToString()).run(None, {"ids": np.arange(LONG_CHANNEL)[None, :]})[0][0]
+    levels = r.centroids["E"]  # [6 columns, 2^bits]
+    assert levels.shape == (6, 1 << row.bits)
+    for j in range(6):  # every value of column j is one of column j's own levels
+        assert np.isin(got[:, j], levels[j].astype(np.float32)).all()
+    err = np.linalg.norm(got - table, axis=0) / np.linalg.norm(table, axis=0)
+    assert err.max() <= 0.01 and row.bytes_after < table.nbytes / 3

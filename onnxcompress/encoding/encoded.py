@@ -112,7 +112,8 @@ class Encoder:
         if codebooks:
             per = {site.name: self.codebook_options(c) for site, c in codebooks}
             cov = {site.name: self.covariance[site.name] for site, c in codebooks if c.compensate}
-            made = encode_codebooks([site for site, _ in codebooks], per, progress, self.importance, covariance=cov)
+            axes = {site.name: c.axis for site, c in codebooks if c.axis is not None}
+            made = encode_codebooks([site for site, _ in codebooks], per, progress, self.importance, covariance=cov, axes=axes)
             for site, c in codebooks:
                 cb = made[site.name]
                 self.add(EncodedWeight(site, c, codebook=cb, rel_error=cb.rel_error, seconds=cb.seconds))
@@ -150,10 +151,12 @@ def encode_codebooks(
     importance: dict[str, np.ndarray] | None = None,
     workers: int | None = None,
     covariance: dict[str, Covariance] | None = None,
+    axes: dict[str, int] | None = None,
 ) -> dict[str, Codebook]:
     """Encode the tensors on all cores (the k-means core releases the GIL), largest first;
     `options` for all, or per weight name; `workers` threads (default: one per core). A weight
-    with a `covariance` gets error-compensated labels (compensate.py)."""
+    with a `covariance` gets error-compensated labels (compensate.py); one in `axes` takes its
+    channels along that axis instead of its own channel axis."""
     order = sorted(weights, key=lambda w: -w.array.size)
     workers = max(1, min(len(order), workers or os.cpu_count() or 1))
     results: dict[str, Codebook] = {}
@@ -162,7 +165,8 @@ def encode_codebooks(
         per = options if isinstance(options, dict) else {w.name: options for w in order}
         imp = importance or {}
         cov = covariance or {}
-        futures = [pool.submit(_encode_one, w, per[w.name], imp.get(w.name), cov.get(w.name)) for w in order]
+        axis = {w.name: (axes or {}).get(w.name, w.channel_axis()) for w in order}
+        futures = [pool.submit(_encode_one, w, per[w.name], imp.get(w.name), cov.get(w.name), axis[w.name]) for w in order]
         for w, f in zip(order, futures, strict=True):
             results[w.name] = f.result()
             if bar and task is not None:
@@ -170,9 +174,11 @@ def encode_codebooks(
     return results
 
 
-def _encode_one(site: WeightSite, options: CodebookOptions, importance: np.ndarray | None, cov: Covariance | None) -> Codebook:
+def _encode_one(
+    site: WeightSite, options: CodebookOptions, importance: np.ndarray | None, cov: Covariance | None, axis: int
+) -> Codebook:
     t0 = time.perf_counter()
-    cb = encode_codebook(site.array, options, site.channel_axis(), importance)
+    cb = encode_codebook(site.array, options, axis, importance)
     if cov is not None:
         cb = compensate(site.array, cb, cov)
         cb.seconds = time.perf_counter() - t0

@@ -51,7 +51,7 @@ class TensorReport:
             consumers=site.consumer_ops,
             encoding=e.encoding,
             bits=first.bits if first else None,
-            layout=(first.layout if first.layout != "group" else f"group:{first.group_size}") if first else None,
+            layout=_layout(first, site) if first else None,
             method=first.method if first else None,
             rank=e.pair.rank if e.pair is not None else None,
             full_rank=e.pair.full_rank if e.pair is not None else None,
@@ -72,6 +72,16 @@ class TensorReport:
         rank = f"rank {self.rank}/{self.full_rank}" if self.rank is not None else ""
         codebook = f"{self.bits} {self.layout}" if self.bits is not None else ""
         return ", ".join(p for p in (rank, codebook) if p)
+
+
+def _layout(cb, site) -> str:
+    """group:N, a channel layout along another axis than the weight's own channels (an
+    embedding's columns: "channel axis 1"), or the layout's name."""
+    if cb.layout == "group":
+        return f"group:{cb.group_size}"
+    if cb.layout == "channel" and cb.shape == tuple(site.array.shape) and cb.axis != site.channel_axis() % len(cb.shape):
+        return f"channel axis {cb.axis}"
+    return cb.layout
 
 
 @dataclass

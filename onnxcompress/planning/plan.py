@@ -31,7 +31,7 @@ from ..progress import Progress
 from ..recipe import AsCodebook, AsFloat16, Keep, Recipe
 from ..runtime.sequence import run_twice
 from ..runtime.verify import run, session
-from .candidates import DECODER_BYTES, pair_options, tensor_options
+from .candidates import DECODER_BYTES, long_channel_choice, pair_options, tensor_options
 from .ladder import Plan, PlanTrace, TensorOptions, ladder, lower_hull, search_error, within_size
 from .probe import Calibration, Probe, compensation_ratios, halves, output_gains
 
@@ -63,11 +63,14 @@ def make_plan(
     # The 8-bit codebooks come first: their k-means runs also give every per-tensor option's
     # distortion (sse_by_k), and the gain probes and compensation start from them.
     eight = {e.site.name: e.codebook for e in encoder.encode([(w, AsCodebook(8)) for w in weights], progress)}
-    # and over values scaled per channel: one more k-means run gives all the scaled widths
+    # and over values scaled per channel, and per long channel (opset 11: GatherElements): one
+    # more k-means run each gives all their widths
+    low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements (Cast: any)
     scalable = [(w, AsCodebook(8, "scaled")) for w in weights if w.array.ndim >= 2]
     scaled = {e.site.name: e.codebook for e in encoder.encode(scalable, progress)}
-    low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements (Cast: any)
-    tensors = _candidates(weights, eight, scaled, sizes, low_bits, encoder)
+    long = [(w, c) for w in weights if low_bits and (c := long_channel_choice(w)) is not None]
+    columns = {e.site.name: e.codebook for e in encoder.encode(long, progress)}
+    tensors = _candidates(weights, eight, scaled, columns, sizes, low_bits, encoder)
     release_free_heap()  # the spectra and per-channel runs just freed
     try:
         probe: Probe | None = Probe(source, weights)
@@ -104,6 +107,7 @@ def _candidates(
     weights: list[WeightSite],
     eight: dict[str, Codebook],
     scaled: dict[str, Codebook],
+    columns: dict[str, Codebook],
     sizes: dict[str, int],
     low_bits: bool,
     encoder: Encoder,
@@ -122,6 +126,7 @@ def _candidates(
                 low_bits,
                 encoder.can_compensate(w.name),
                 scaled.get(w.name),
+                columns.get(w.name),
             )
             for w in weights
         ]
