@@ -105,3 +105,19 @@ def test_plan_section_states_what_numpy_measures(files, tmp_path, capsys):
     assert errors and any(e == pytest.approx(plan["measured"], rel=1e-6) for e in errors)
     assert all(c["bytes"] > 0 for c in plan["candidates"]) and plan["plans_on_ladder"] >= len(set(errors))
     assert data["file_bytes_after"] == out.stat().st_size
+
+
+def test_codebooks_past_onnxruntimes_folding_cap_are_named():
+    """From onnxruntime 1.27 a node whose output passes 1 GiB is not folded at load: a codebook
+    whose INT32 indices (4 bytes a value) pass it is named, with what to do; pairs and float16
+    Casts (folded by onnxruntime's float16 fusion even so) are not."""
+    from onnxcompress.pipeline.report import TensorReport, over_folding_cap
+
+    def row(name, shape, encoding="codebook"):
+        size = 4 * int(np.prod(shape))
+        return TensorReport(name, list(shape), ["MatMul"], encoding, 8, "tensor", "binned", None, None, size, size // 4, 0.0, 0.0)
+
+    assert over_folding_cap([row("small", (4096, 4096)), row("pair", (1 << 15, 1 << 14), "lowrank")]) is None
+    note = over_folding_cap([row("big", (1 << 15, 1 << 14)), row("exact", (1 << 14, 1 << 14))])
+    assert note is not None and "big (2.1 GB)" in note and "exact" not in note  # 4 x 2^28 bytes is the cap itself
+    assert "constant_folding_max_output_size_in_bytes" in note

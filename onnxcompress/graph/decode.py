@@ -25,6 +25,10 @@ PLANE_WIDTHS = (4, 2, 1)
 # BitShift planes; onnxruntime casts them from 1.24.4 (1.20-1.22 have no uint4 Cast kernel).
 NATIVE_INDEX = {4: (onnx.TensorProto.UINT4, 21), 2: (onnx.TensorProto.UINT2, 25)}
 NATIVE_MIN_ORT = (1, 24, 4)
+# Bit planes are combined in uint8 (a quarter of INT32's load-time memory) only for onnxruntime
+# 1.21 and later: ONNX allows uint8 Add from opset 14, but onnxruntime's CPU kernels before
+# 1.21 have none ("Could not find an implementation for Add(14)" on 1.16.3, tests/test_compat.py).
+UINT8_ADD_MIN_ORT = (1, 21)
 
 
 def native_index_type(bits: int, opset: int, target_ort: tuple[int, ...]) -> int | None:
@@ -111,7 +115,7 @@ def build_decoder(
         idx = b.node("Cast", [b.proto_const("indices", proto)], attrs={"to": onnx.TensorProto.INT32})
         stored = "uint4" if native == onnx.TensorProto.UINT4 else "uint2"
     else:
-        idx = _unpack(b, cb.labels.reshape(-1), cb.bits, index_shape, opset)
+        idx = _unpack(b, cb.labels.reshape(-1), cb.bits, index_shape, opset >= 14 and tuple(target_ort) >= UINT8_ADD_MIN_ORT)
         stored = "planes"
     if one_codebook:
         vals = b.node("Gather", [b.const("codebook", cb.centroids[0]), idx], attrs={"axis": 0})
@@ -148,11 +152,11 @@ def build_decoder(
     return b.nodes, stored
 
 
-def _unpack(b: _Builder, flat: np.ndarray, bits: int, shape: tuple[int, ...], opset: int) -> gs.Variable:
-    """INT32 indices of the given shape from bit planes of width 4, 2, 1."""
+def _unpack(b: _Builder, flat: np.ndarray, bits: int, shape: tuple[int, ...], in_uint8: bool) -> gs.Variable:
+    """INT32 indices of the given shape from bit planes of width 4, 2, 1, combined in uint8
+    (`in_uint8`) or in INT32."""
     total = flat.size
     combined = None
-    in_uint8 = opset >= 14  # Add takes uint8 from opset 14; before that, combine in INT32
     for width, offset in plane_widths(bits):
         field = (flat >> offset) & ((1 << width) - 1)
         packed = pack_plane(field, width)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,10 @@ def _layout(cb, site) -> str:
     return cb.layout
 
 
+# onnxruntime's default optimization.constant_folding_max_output_size_in_bytes (1.27 and later)
+FOLDING_CAP_BYTES = 1 << 30
+
+
 @dataclass
 class Report:
     model: str
@@ -161,6 +166,8 @@ class Report:
                 s.add_row(*row)
             console.print(s)
         render_outputs(self.outputs, console)
+        if note := over_folding_cap(self.tensors):
+            console.print(f"[yellow]{note}[/yellow]", highlight=False)
         if self.verified_unfolded:
             console.print(
                 "verified with onnxruntime's graph optimizations off (a model over 1 GB: folding the decoders at load "
@@ -190,6 +197,21 @@ class Report:
             f"[bold]{human(self.file_bytes_before)} -> {human(self.file_bytes_after)}[/bold] "
             f"({self.ratio:.2f}x smaller) in {self.seconds:.1f} s{where}"
         )
+
+
+def over_folding_cap(tensors: list[TensorReport]) -> str | None:
+    """The note for codebooks whose decode nodes output more than onnxruntime's constant-folding
+    cap (their INT32 indices are 4 bytes a value, as much as a float32 weight or more): from
+    1.27 such a node is not folded at load, so the weight decodes at every call."""
+    over = [r for r in tensors if r.encoding == "codebook" and 4 * math.prod(r.shape) > FOLDING_CAP_BYTES]
+    if not over:
+        return None
+    listed = ", ".join(f"{r.name} ({human(4 * math.prod(r.shape))})" for r in over[:3]) + (" ..." if len(over) > 3 else "")
+    return (
+        f"note: {listed} decode to more than onnxruntime's constant-folding cap (1 GB by default from 1.27): there "
+        "they are not folded at load and decode at every call; raise the session option "
+        "optimization.constant_folding_max_output_size_in_bytes to fold them"
+    )
 
 
 def too_few_inputs(plan: dict) -> str | None:
