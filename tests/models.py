@@ -88,6 +88,20 @@ def embedding():
     )
 
 
+def columns_table(rows: int = 8192, seed: int = 11) -> tuple[onnx.ModelProto, np.ndarray]:
+    """An embedding table whose 6 columns span scales 1e-3 to 1 (long enough, at 8192 rows, for
+    codebooks per column: planning/candidates.LONG_CHANNEL), and the table itself."""
+    rng = np.random.default_rng(seed)
+    table = (rng.standard_t(4, size=(rows, 6)) * np.logspace(-3, 0, 6)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Gather", ["E", "ids"], ["y"], axis=0)],
+        [("ids", TensorProto.INT64, ["batch", "seq"])],
+        [("y", F, ["batch", "seq", 6])],
+        [("E", table)],
+    )
+    return model, table
+
+
 def lstm():
     hidden, inp = 16, 12
     return make_model(

@@ -23,8 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from models import ALL, F, feed_for, low_rank_weight, make_model, matmul_chain
-from onnx import helper
+from models import ALL, columns_table, feed_for, low_rank_weight, matmul_chain
 
 import onnxcompress as oc
 from onnxcompress.planning.candidates import LONG_CHANNEL
@@ -39,15 +38,9 @@ CAP_BYTES = 64  # below every decoded weight here: under the cap nothing folds
 
 
 def _per_column_table() -> tuple[onnx.ModelProto, dict]:
-    rng = np.random.default_rng(11)
-    table = (rng.standard_t(4, size=(LONG_CHANNEL, 6)) * np.logspace(-3, 0, 6)).astype(np.float32)
-    model = make_model(
-        [helper.make_node("Gather", ["E", "ids"], ["y"], axis=0)],
-        [("ids", onnx.TensorProto.INT64, ["batch", "seq"])],
-        [("y", F, ["batch", "seq", 6])],
-        [("E", table)],
-    )
-    return model, {"calibration": {"ids": rng.integers(0, LONG_CHANNEL, size=(16, 32)).astype(np.int64)}, "max_error": 0.01}
+    model, _ = columns_table(LONG_CHANNEL)
+    ids = np.random.default_rng(12).integers(0, LONG_CHANNEL, size=(16, 32)).astype(np.int64)
+    return model, {"calibration": {"ids": ids}, "max_error": 0.01}
 
 
 def _cases() -> dict[str, tuple[onnx.ModelProto, dict, tuple[int, ...]]]:

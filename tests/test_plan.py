@@ -337,17 +337,12 @@ def test_an_embedding_whose_columns_differ_is_planned_per_column():
     """Columns at scales 1e-3 to 1 in one table: one codebook for all starves the small columns
     (the output's worst channel), one per column does not. The plan takes them, and onnxruntime
     decodes exactly the codebook's values."""
+    from models import columns_table
+
     from onnxcompress.planning.candidates import LONG_CHANNEL
 
-    rng = np.random.default_rng(11)
-    table = (rng.standard_t(4, size=(LONG_CHANNEL, 6)) * np.logspace(-3, 0, 6)).astype(np.float32)
-    model = make_model(
-        [helper.make_node("Gather", ["E", "ids"], ["y"], axis=0)],
-        [("ids", onnx.TensorProto.INT64, ["batch", "seq"])],
-        [("y", F, ["batch", "seq", 6])],
-        [("E", table)],
-    )
-    ids = rng.integers(0, LONG_CHANNEL, size=(64, 32)).astype(np.int64)
+    model, table = columns_table(LONG_CHANNEL)
+    ids = np.random.default_rng(12).integers(0, LONG_CHANNEL, size=(64, 32)).astype(np.int64)
     r = oc.compress(model, min_elements=64, max_error=0.01, calibration={"ids": ids})
     (row,) = r.report.tensors
     assert row.describe().endswith("channel axis 1") and row.bits is not None and row.bits >= 4
