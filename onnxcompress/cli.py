@@ -16,6 +16,7 @@ import dataclasses
 import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 from rich.table import Table
 
@@ -48,8 +49,35 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag gets one short usage line and the error, not the whole usage (16 lines for
+    the main command)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("-v", "--verbose", action="store_true", help="also show onnxruntime's own log messages")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed = super().parse_args(args, namespace)
+        _onnxruntime_logs(parsed.verbose)
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        positionals = " ".join(a.metavar or a.dest.upper() for a in self._actions if not a.option_strings)
+        usage = f"usage: {self.prog} {positionals} [options]".replace("  ", " ")
+        self.exit(2, f"{usage}   ({self.prog} --help lists them)\n{self.prog}: error: {message}\n")
+
+
+def _onnxruntime_logs(verbose: bool) -> None:
+    """onnxruntime's own log lines (coloured, several per failure) reach the terminal only with
+    -v; without it, only fatal ones: our one-line error says what went wrong and what to do."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(2 if verbose else 4)
+
+
 def _compress_parser(prog: str = "onnxcompress", with_model: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=prog,
         description="Make an ONNX model much smaller: k-means codebooks with packed indices, decoded by "
         "standard ONNX nodes that stock onnxruntime folds at load; low-rank pairs that also cut compute; "
@@ -92,7 +120,7 @@ def _run_compress(args: argparse.Namespace, model, output) -> int:
 def _inspect(argv: list[str]) -> int:
     from .api import inspect
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="onnxcompress inspect",
         description="List the weights onnxcompress would compress and "
         "what each bit width would give (bytes, relative weight error). Writes nothing.",
@@ -131,7 +159,7 @@ def _compare(argv: list[str]) -> int:
     from .api import compare_models
     from .runtime.verify import error_of
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="onnxcompress compare",
         description="Run two models in onnxruntime on the same inputs and compare every output "
         "(max abs error, relative L2 error, cosine similarity, top-1 agreement for class scores).",

@@ -166,10 +166,24 @@ def test_inputs_that_the_model_rejects(tmp_path, capsys, model_path):
     )
 
 
-def test_bits_out_of_range_is_an_argparse_error(model_path, capsys):
+@pytest.mark.parametrize(
+    "args, usage",
+    [
+        (["--bits", "9"], "usage: onnxcompress MODEL [options]"),
+        (["--granularity"], "usage: onnxcompress MODEL [options]"),
+        (["compare", "a.onnx"], "usage: onnxcompress compare ORIGINAL COMPRESSED [options]"),
+    ],
+)
+def test_a_bad_flag_gets_one_usage_line_and_the_error(model_path, capsys, args, usage):
+    """Exit 2, and two lines on stderr: a short usage line that points to --help, then the
+    error (argparse printed the whole 16-line usage first)."""
+    argv = [str(model_path), *args] if args[0] != "compare" else args
     with pytest.raises(SystemExit) as e:
-        cli.main([str(model_path), "--bits", "9"])
+        cli.main(argv)
     assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(usage) and "--help" in lines[0]
+    assert lines[1].startswith("onnxcompress") and "error:" in lines[1]
 
 
 def test_broken_result_exits_1_and_is_removed(tmp_path, capsys, model_path, monkeypatch):
@@ -291,3 +305,29 @@ def test_every_error_shares_one_base_that_carries_its_exit_code():
     codes = {oc.CompressError: 2, oc.VerificationError: 1, oc.TargetError: 1}
     assert all(issubclass(kind, oc.OnnxCompressError) and kind.exit_code == code for kind, code in codes.items())
     assert not issubclass(oc.TargetError, oc.VerificationError)  # a missed target is not a broken model
+
+
+def test_onnxruntime_logs_reach_the_terminal_only_with_verbose(tmp_path):
+    """A model that fails on synthesized inputs (a Reshape to 12 values of a dynamic input):
+    one line of ours on stderr; onnxruntime's own coloured log lines only with -v."""
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(0).normal(size=(12, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(np.array([1, 12], dtype=np.int64), "s"), numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "reshape.onnx"
+    onnx.save(model, path)
+    command = [sys.executable, "-m", "onnxcompress", str(path), "--min-elements", "64", "-o", str(tmp_path / "out.onnx")]
+    quiet = subprocess.run(command, capture_output=True, text=True)
+    assert quiet.returncode == 2
+    lines = quiet.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxcompress: error:") and "[E:onnxruntime" not in quiet.stderr
+    loud = subprocess.run([*command, "-v"], capture_output=True, text=True)
+    assert loud.returncode == 2 and "[E:onnxruntime" in loud.stderr
