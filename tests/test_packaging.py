@@ -50,8 +50,9 @@ def test_the_sdist_holds_what_building_needs(built):
     assert "onnxcompress/examples/digits_mlp.onnx" in names
 
 
-def test_the_wheel_built_from_the_sdist_holds_the_core_and_the_license(built):
+def test_the_wheel_built_from_the_sdist_is_abi3_and_holds_the_core_and_the_license(built):
     _, wheel = built
+    assert "-cp310-abi3-" in wheel.name  # one wheel per platform for Python 3.10 and later
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         metadata = next(z.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
