@@ -6,6 +6,14 @@ from .encoding.kmeans import BatchedKMeansResult, KMeansResult, kmeans1d, kmeans
 from .errors import CompressError, OnnxCompressError, TargetError, VerificationError
 from .runtime.verify import Comparison, OutputDiff
 
+
+def load_ipython_extension(ipython) -> None:  # noqa: ANN001 - IPython's shell
+    """`%load_ext onnxcompress` registers the %onnxcompress magic (magic.py)."""
+    from .magic import load_ipython_extension as load
+
+    load(ipython)
+
+
 __all__ = [
     "__version__",
     "compress",

@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -43,15 +45,31 @@ def main(argv: list[str] | None = None) -> int:
             return commands[argv[0]](argv[1:])
         return _compress(argv)
     except OnnxCompressError as e:
-        make_console(stderr=True).print(f"[bold red]onnxcompress: {e.what}:[/bold red] {e}", highlight=False, soft_wrap=True)
+        print_error(str(e), e.what)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
 
 
+def print_error(message: str, what: str = "error") -> None:
+    make_console(stderr=True).print(f"[bold red]onnxcompress: {what}:[/bold red] {message}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Argument errors without the usage line (the notebook magic: the cell shows one line)."""
+    _Parser.usage_line = False
+    try:
+        yield
+    finally:
+        _Parser.usage_line = True
+
+
 class _Parser(argparse.ArgumentParser):
     """A bad flag gets one short usage line and the error, not the whole usage (16 lines for
     the main command)."""
+
+    usage_line = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -65,6 +83,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         positionals = " ".join(a.metavar or a.dest.upper() for a in self._actions if not a.option_strings)
         usage = f"usage: {self.prog} {positionals} [options]".replace("  ", " ")
+        if not _Parser.usage_line:
+            print_error(f"{message} ({self.prog} --help lists the options)")
+            self.exit(2)
         self.exit(2, f"{usage}   ({self.prog} --help lists them)\n{self.prog}: error: {message}\n")
 
 
