@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from harness import DEFAULT_CACHE, MISSING, load_cost, model_inputs, write_json
+from harness import DEFAULT_CACHE, LATENCY_SLICE, MISSING, model_inputs, sliced, write_json
 
 import onnxcompress
 
@@ -34,6 +34,25 @@ SETTINGS = {"8 bits": {"bits": 8}, "4 bits": {"bits": 4}, "plan 0.01": {"max_err
 TARGET = 1.2
 NPM_DEFAULT = Path.home() / ".cache" / "onnxcompress-compat" / "npm"
 WEB_VERSION = "1.31.1"
+
+# a fresh Python process: the peak while loading, then the median latency of one thread on a
+# slice of the inputs (harness.LATENCY_SLICE) and the RSS after those runs
+NATIVE_SNIPPET = """
+import json, sys, time
+import numpy as np, onnxruntime as ort
+def status(key):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
+feed = dict(np.load(sys.argv[2]))
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+peak = status("VmHWM")
+session.run(None, feed)
+times, end = [], time.perf_counter() + 2.0
+while time.perf_counter() < end or len(times) < 5:
+    t0 = time.perf_counter(); session.run(None, feed); times.append(time.perf_counter() - t0)
+print(json.dumps({"peak": peak, "rss": status("VmRSS"), "ms": 1e3 * float(np.median(times))}))
+"""
 
 # node: the process's RSS once onnxruntime-web (wasm, one thread) has made the session
 WEB_SNIPPET = """
@@ -94,22 +113,36 @@ def measure(name: str, cache: Path, work: Path, modules: Path | None, script: Pa
         extra = {"inputs": str(inputs)} if "max_error" in options else {}
         onnxcompress.compress(model, out, force=True, verify=False, **options, **extra)
         variants[label] = out
+    sliced_inputs = work / f"{name}.sliced.npz"
+    np.savez(sliced_inputs, **sliced(feed, LATENCY_SLICE.get(name, 8)))
     for label, path in variants.items():
-        _, native = load_cost(path)
+        runs = [native_run(path, sliced_inputs) for _ in range(2)]
+        native, rss, ms = max(r["peak"] for r in runs), min(r["rss"] for r in runs), min(r["ms"] for r in runs)
         web = web_rss_mib(path, modules, script) if modules is not None else None
-        rows.append({"model": name, "setting": label, "mb": path.stat().st_size / 1e6, "native_mib": native, "web_mib": web})
+        rows.append(
+            {"model": name, "setting": label, "mb": path.stat().st_size / 1e6, "native_mib": native, "rss_mib": rss, "ms": ms}
+            | {"web_mib": web}
+        )
         print(
-            f"{name:18s} {label:10s} {path.stat().st_size / 1e6:7.2f} MB  native {native:6.0f} MiB"
-            + (f"  web {web:6.0f} MiB" if web is not None else ""),
+            f"{name:18s} {label:10s} {path.stat().st_size / 1e6:7.2f} MB  native {native:6.0f} MiB, after runs {rss:6.0f} MiB, "
+            f"{ms:7.2f} ms" + (f"  web {web:6.0f} MiB" if web is not None else ""),
             flush=True,
         )
     return rows
 
 
+def native_run(path: Path, inputs: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", NATIVE_SNIPPET, str(path), str(inputs)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
 def table(rows: list[dict]) -> list[str]:
     lines = [
-        "| model | setting | MB | native peak MiB | vs original | wasm RSS MiB | vs original |",
-        "|---|---|---|---|---|---|---|",
+        "| model | setting | MB on disk | native load peak MiB | vs original | RAM after runs MiB | latency "
+        "| wasm RSS MiB | vs original |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     met = True
     for r in rows:
@@ -119,8 +152,8 @@ def table(rows: list[dict]) -> list[str]:
         if r["setting"] != "original":
             met &= native <= TARGET and (web is None or web <= TARGET)
         lines.append(
-            f"| {r['model']} | {r['setting']} | {r['mb']:.2f} | {r['native_mib']:.0f} | {native:.2f}x | "
-            + (f"{r['web_mib']:.0f} | {web:.2f}x |" if web is not None else "| |")
+            f"| {r['model']} | {r['setting']} | {r['mb']:.2f} | {r['native_mib']:.0f} | {native:.2f}x | {r['rss_mib']:.0f} | "
+            f"{r['ms'] / base['ms']:.2f}x | " + (f"{r['web_mib']:.0f} | {web:.2f}x |" if web is not None else "| |")
         )
     lines += ["", f"Target: at most {TARGET}x the original's, every setting: **{'met' if met else 'not met'}**."]
     return lines
@@ -146,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Load-time memory (`python benchmarks/bench_load.py`)",
         "",
-        "Native: VmHWM of a fresh Python process that imports onnxruntime and makes a session (default options). "
+        "Native: a fresh Python process that imports onnxruntime and makes a session (default options, one thread): "
+        "VmHWM once loaded, VmRSS after about 2 s of runs on a slice of the inputs, and their median latency against "
+        "the original's. "
         f"wasm: RSS of a fresh node process once onnxruntime-web {WEB_VERSION} (one thread) has made the session.",
         "",
         *table(rows),
