@@ -38,7 +38,8 @@ from .pipeline.stages import (
 from .progress import Progress
 from .runtime.outputs import output_kinds
 from .runtime.sequence import extended, feedback, run_twice
-from .runtime.verify import Comparison, OutputDiff, compare, run, session, synthesize_feed
+from .runtime.synthesize import first_running_feed
+from .runtime.verify import Comparison, OutputDiff, compare, run, session
 from .threads import one_blas_thread
 
 __all__ = ["ModelSource", "CompressResult", "compress", "compare_models", "run_models", "Candidate", "inspect"]
@@ -146,7 +147,10 @@ def run_models(
             sessions.append(session(loaded.path if loaded.path is not None else loaded.model, what))
         except VerificationError as e:
             raise CompressError(f"{e}; both models must run in onnxruntime") from None
-    feeds = calibration_feeds(inputs) if inputs is not None else [synthesize_feed(first.model, seed)]
+    if inputs is not None:
+        feeds = calibration_feeds(inputs)
+    else:  # the first made-up feed the original runs on
+        feeds = [first_running_feed(first.model, seed, lambda f: run(sessions[0], [f], "the original model"))[0]]
     names = [o.name for o in sessions[0].get_outputs()]
     if sorted(names) != sorted(o.name for o in sessions[1].get_outputs()):
         raise CompressError("the two models have different outputs; compare a model with its own compressed copy")

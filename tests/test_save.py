@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 import onnxcompress as oc
 import onnxcompress.io.save as save_module
-from onnxcompress.runtime.verify import synthesize_feed
+from onnxcompress.runtime.synthesize import synthesize_feed
 
 
 def test_model_with_external_data_compresses(tmp_path):

@@ -41,7 +41,8 @@ from ..recipe import Recipe
 from ..runtime.calibrate import calibrate
 from ..runtime.outputs import OutputKind, output_kinds
 from ..runtime.sequence import extended, feedback, run_twice
-from ..runtime.verify import Comparison, compare, error_of, load_feeds, run, session, synthesize_feed
+from ..runtime.synthesize import first_running_feed
+from ..runtime.verify import Comparison, compare, error_of, load_feeds, run, session
 from .build import LastBuild
 from .report import Report, TensorReport
 
@@ -136,10 +137,13 @@ def reference_outputs(p: Prepared, s: Settings, calibration: Any) -> Reference:
     if s.verify.verify or s.plan.active() or s.real_inputs:
         if calibration is not None:
             feeds = calibration_feeds(calibration)
-        else:
-            feeds = load_feeds(s.verify.inputs) if s.verify.inputs else [synthesize_feed(p.source, s.verify.seed)]
+        elif s.verify.inputs:
+            feeds = load_feeds(s.verify.inputs)
+        else:  # made up: the first feed the original runs on (runtime/synthesize.py)
+            feed, reference = first_running_feed(p.source, s.verify.seed, lambda f: run(sess, [f], "the original model"))
+            feeds = [feed]
         try:
-            reference = run(sess, feeds, "the original model")
+            reference = reference or run(sess, feeds, "the original model")
             fed_back = feedback(names, kinds, feeds, reference)
             reference = run_twice(lambda f: run(sess, f, "the original model"), feeds, fed_back, reference)
         except VerificationError as e:

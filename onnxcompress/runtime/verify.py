@@ -96,49 +96,6 @@ def load_feeds(path: Path) -> list[dict[str, np.ndarray]]:
     return [feeds[k] for k in sorted(feeds)]
 
 
-def synthesize_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs from the graph's declared types and shapes. Unknown dims: 1 for the first
-    (batch), 64 for spatial dims of 4-D float inputs, else 16. Integer inputs that index an
-    embedding table stay below its row count; masks are ones; other integers are 0 or 1."""
-    rng = np.random.default_rng(seed)
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    table_rows = {}
-    for node in graph.node:
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in inits:
-            dims = inits[node.input[0]].dims
-            if dims:
-                table_rows[node.input[1]] = int(dims[0])
-    feed = {}
-    for inp in graph.input:
-        if inp.name in inits:
-            continue
-        tt = inp.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        rank = len(tt.shape.dim)
-        shape = []
-        for axis, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(int(d.dim_value))
-            elif axis == 0:
-                shape.append(1)
-            else:
-                shape.append(64 if rank == 4 and dtype.kind == "f" and axis >= 2 else 16)
-        # np.asarray: a scalar input (shape []) must still be an array, which onnxruntime takes
-        if dtype.kind == "f":
-            feed[inp.name] = np.asarray(rng.normal(size=shape), dtype=dtype)
-        elif dtype.kind in "iu":
-            if "mask" in inp.name.lower():
-                feed[inp.name] = np.ones(shape, dtype=dtype)
-            else:
-                feed[inp.name] = np.asarray(rng.integers(0, table_rows.get(inp.name, 2), size=shape), dtype=dtype)
-        elif dtype.kind == "b":
-            feed[inp.name] = np.asarray(rng.random(shape) < 0.5)
-        else:
-            raise CompressError(f"cannot synthesize input {inp.name!r} of type {dtype}; pass --inputs FILE.npz")
-    return feed
-
-
 def run(
     sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], what: str, outputs: list[str] | None = None
 ) -> list[list[np.ndarray]]:
