@@ -73,3 +73,19 @@ def test_when_nothing_runs_the_error_names_the_inputs():
         oc.compress(needs_samples(21), min_elements=64, bits=8)
     message = str(e.value)
     assert "x: float32 [1, samples]" in message and "--inputs FILE.npz" in message and "\n" not in message
+
+
+def test_sizes_can_go_to_the_last_axis_alone():
+    """A recurrent state [2, batch, 128] beside samples [batch, N]: the variant that sizes only
+    last axes keeps the state's batch at 1 (the If-branch voice detector runs on it)."""
+    from onnxcompress.runtime.synthesize import synthesize_feed
+
+    model = make_model(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["state"], ["s"])],
+        [("x", F, ["batch", "samples"]), ("state", F, [2, "batch", 128])],
+        [("y", F, ["batch", "samples"]), ("s", F, [2, "batch", 128])],
+    )
+    every = synthesize_feed(model, size=512)
+    last = synthesize_feed(model, size=512, last_only=True)
+    assert every["x"].shape == (1, 512) and every["state"].shape == (2, 512, 128)
+    assert last["x"].shape == (1, 512) and last["state"].shape == (2, 1, 128)

@@ -23,12 +23,18 @@ PASS_THROUGH = {"Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape"}
 
 
 def synthesize_feed(
-    model: onnx.ModelProto, seed: int = 0, size: int | None = None, scalars: dict[str, int] | None = None
+    model: onnx.ModelProto,
+    seed: int = 0,
+    size: int | None = None,
+    scalars: dict[str, int] | None = None,
+    last_only: bool = False,
 ) -> dict[str, np.ndarray]:
     """Inputs from the graph's declared types and shapes. Unknown dims: 1 for the first
-    (batch), and `size` for the others, or by default 64 for spatial dims of 4-D float inputs
-    and 16 else. Integer inputs that index an embedding table stay below its row count; masks
-    are ones; integer scalars take `scalars`' value where given; other integers are 0 or 1."""
+    (batch), and `size` for the others (with `last_only`, for the last axis only, the others
+    1: a recurrent state [2, batch, 128] beside samples [batch, N]), or by default 64 for
+    spatial dims of 4-D float inputs and 16 else. Integer inputs that index an embedding table stay below
+    its row count; masks are ones; integer scalars take `scalars`' value where given; other
+    integers are 0 or 1."""
     rng = np.random.default_rng(seed)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -49,7 +55,7 @@ def synthesize_feed(
         for axis, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(int(d.dim_value))
-            elif axis == 0:
+            elif axis == 0 or (last_only and axis != rank - 1):
                 shape.append(1)
             else:
                 shape.append(size or (64 if rank == 4 and dtype.kind == "f" and axis >= 2 else 16))
@@ -103,9 +109,14 @@ def candidate_feeds(model: onnx.ModelProto, seed: int = 0) -> Iterator[dict[str,
     settings = [dict(combo) for combo in itertools.islice(itertools.product(*choices), 8)] if choices else [{}]
     for size in (None, *COMMON_SIZES):
         for setting in settings:
-            if size is None and not setting:
-                continue  # the first feed again
-            yield synthesize_feed(model, seed, size, setting)
+            for last_only in (False, True):
+                if size is None and not setting and not last_only:
+                    continue  # the first feed again
+                yield (
+                    synthesize_feed(model, seed, size or 16, setting, last_only)
+                    if last_only
+                    else synthesize_feed(model, seed, size, setting)
+                )
 
 
 def first_running_feed(
@@ -124,7 +135,7 @@ def first_running_feed(
     inits = {t.name for t in graph.initializer}
     described = ", ".join(
         f"{i.name}: {onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)} "
-        f"[{', '.join(d.dim_param or str(d.dim_value) or '?' for d in i.type.tensor_type.shape.dim)}]"
+        f"[{', '.join(d.dim_param or (str(d.dim_value) if d.dim_value > 0 else '?') for d in i.type.tensor_type.shape.dim)}]"
         for i in graph.input
         if i.name not in inits
     )
