@@ -25,11 +25,18 @@ def substitute_decoded(model: onnx.ModelProto, encoded: list) -> onnx.ModelProto
     for i, init in enumerate(out.graph.initializer):
         if init.name in values:
             out.graph.initializer[i].CopyFrom(tensor(init.name))
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output and node.output[0] in values:
+
+    def constants(graph: onnx.GraphProto) -> None:  # in the main graph and in If/Loop/Scan bodies
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output and node.output[0] in values:
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        attr.t.CopyFrom(tensor(node.output[0]))
             for attr in node.attribute:
-                if attr.name == "value":
-                    attr.t.CopyFrom(tensor(node.output[0]))
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                    constants(sub)
+
+    constants(out.graph)
     return out
 
 

@@ -161,6 +161,23 @@ def if_branch():
     )
 
 
+def if_branch_constants():
+    """Each branch of an If holds its own weight in a Constant node inside it, as the If-branch
+    form of silero's voice detector does (16 kHz and 8 kHz branches)."""
+
+    def branch(name: str, seed: int) -> onnx.GraphProto:
+        w = np.random.default_rng(seed).normal(size=(48, 40)).astype(np.float32)
+        const = helper.make_node("Constant", [], [f"W_{name}"], value=numpy_helper.from_array(w, f"W_{name}"))
+        matmul = helper.make_node("MatMul", ["x", f"W_{name}"], [f"{name}_y"])
+        return helper.make_graph([const, matmul], name, [], [helper.make_tensor_value_info(f"{name}_y", F, [3, 40])])
+
+    return make_model(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", 1), else_branch=branch("else", 2))],
+        [("cond", TensorProto.BOOL, []), ("x", F, [3, 48])],
+        [("y", F, [3, 40])],
+    )
+
+
 def loop_body():
     """A main-graph weight read only inside a Loop body: v <- v @ W, three times."""
     body = helper.make_graph(
@@ -301,6 +318,7 @@ ALL = {
     "mul_add_einsum": elementwise_and_einsum,
     "constant_node": constant_node,
     "if_branch": if_branch,
+    "if_branch_constants": if_branch_constants,
     "loop_body": loop_body,
     "float16_float64": float16_and_double,
 }

@@ -61,6 +61,7 @@ def _cases() -> dict[str, tuple[onnx.ModelProto, dict, tuple[int, ...]]]:
         "plan-per-column-table": (table, table_options, (0,)),
         "constant-node": (ALL["constant_node"](), {"bits": 4}, (0,)),
         "if-branch": (ALL["if_branch"](), {"bits": 8}, (0,)),
+        "if-branch-constants": (ALL["if_branch_constants"](), {"bits": 4}, (0,)),
         "lstm": (ALL["lstm"](), {"bits": 5}, (0,)),
     }
 

@@ -75,6 +75,31 @@ def test_if_branch_reads_the_decoded_outer_weight():
         np.testing.assert_allclose(run(out, feed)[0], run(model, feed)[0], rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("options", [{"bits": 4}, {"bits": 2, "granularity": "channel"}])
+def test_constants_inside_if_branches_are_decoded_in_the_main_graph(options):
+    """Each branch's Constant weight leaves its branch; its decoder sits in the main graph
+    (folded at load) and the branch reads it from the outer scope: both branches give the
+    decoded weight's outputs."""
+    from decoded import encoded_weights, substitute_decoded
+
+    from onnxcompress.options import CodebookOptions, LowRankOptions
+
+    model = ALL["if_branch_constants"]()
+    sel = select_weights(model, SelectOptions(min_elements=64))
+    assert sorted(w.name for w in sel.weights) == ["W_else", "W_then"]
+    out = oc.compress(model, min_elements=64, verify=False, **options).model
+    bodies = [a.g for n in out.graph.node if n.op_type == "If" for a in n.attribute]
+    assert not [n for g in bodies for n in g.node if n.op_type == "Constant"]
+    assert sum(n.op_type in ("Gather", "GatherElements") for n in out.graph.node) == 2
+    codebook_o = CodebookOptions(bits=options["bits"], granularity=options.get("granularity", "tensor"))
+    encoded = encoded_weights(sel.weights, "codebook", codebook_o, LowRankOptions())
+    expected = substitute_decoded(model, [(e.site, e) for e in encoded])
+    for cond in (True, False):
+        feed = feed_for(model)
+        feed["cond"] = np.array(cond)
+        np.testing.assert_allclose(run(out, feed)[0], run(expected, feed)[0], rtol=1e-6, atol=1e-6)
+
+
 def test_channel_axis_follows_the_consumer():
     model = ALL["gemm"]()  # transB=0: B is [K, N], output channels are columns
     sel = select_weights(model, SelectOptions(min_elements=64))
@@ -389,3 +414,26 @@ def test_keep_outputs_keeps_the_verification_outputs_of_both_models():
     for k, feed in enumerate(feeds):
         np.testing.assert_array_equal(both.original[k][0], run(model, feed)[0])
         np.testing.assert_array_equal(both.compressed[k][0], run(kept.model, feed)[0])
+
+
+def test_constants_inside_if_branches_can_be_float16_and_planned():
+    """The float16 rewrite drops a branch's Constant too (its Cast sits in the main graph), and
+    a plan on the model builds and meets its target on both branches' inputs."""
+    from onnxcompress.encoding.encoded import Encoder
+    from onnxcompress.options import CodebookOptions
+    from onnxcompress.pipeline.build import build
+    from onnxcompress.recipe import AsFloat16, Recipe
+
+    model = ALL["if_branch_constants"]()
+    sites = {w.name: w for w in select_weights(model, SelectOptions(min_elements=64)).weights}
+    half = build(model, Recipe({name: AsFloat16() for name in sites}), sites, Encoder(CodebookOptions())).model
+    bodies = [a.g for n in half.graph.node if n.op_type == "If" for a in n.attribute]
+    assert not [n for g in bodies for n in g.node if n.op_type == "Constant"]
+    feeds = []
+    for cond in (True, False):
+        feed = feed_for(model)
+        feed["cond"] = np.array(cond)
+        np.testing.assert_allclose(run(half, feed)[0], run(model, feed)[0], rtol=1e-2, atol=1e-2)
+        feeds.append(feed)
+    planned = oc.compress(model, min_elements=64, max_error=0.02, calibration=feeds)
+    assert planned.report.plan["measured"] <= 0.02

@@ -121,3 +121,17 @@ def test_codebooks_past_onnxruntimes_folding_cap_are_named():
     note = over_folding_cap([row("big", (1 << 15, 1 << 14)), row("exact", (1 << 14, 1 << 14))])
     assert note is not None and "big (2.1 GB)" in note and "exact" not in note  # 4 x 2^28 bytes is the cap itself
     assert "constant_folding_max_output_size_in_bytes" in note
+
+
+def test_outputs_that_did_not_move_at_all_are_a_warning():
+    """Weights changed but no output moved by a single bit: the inputs never reached them (the
+    If-branch voice detector on made-up inputs), and the verification says nothing."""
+    from onnxcompress.pipeline.report import TensorReport, unchanged_outputs
+    from onnxcompress.runtime.verify import OutputDiff
+
+    weight = TensorReport("W", [64, 64], ["MatMul"], "codebook", 8, "tensor", "exact", None, None, 16384, 4096, 3e-3, 0.0)
+    still = [OutputDiff("y", 0.0, 0.0, 1.0), OutputDiff("state", 0.0, 0.0, 1.0)]
+    assert "no output changed" in (unchanged_outputs(still, [weight]) or "")
+    assert unchanged_outputs([OutputDiff("y", 1e-6, 1e-7, 1.0), still[1]], [weight]) is None
+    exact = TensorReport("W", [64, 64], ["MatMul"], "codebook", 8, "tensor", "exact", None, None, 16384, 4096, 0.0, 0.0)
+    assert unchanged_outputs(still, [exact]) is None  # a weight with 256 values or fewer is exact at 8 bits

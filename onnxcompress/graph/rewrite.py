@@ -36,15 +36,17 @@ def rewrite_graph(
     opset = default_opset(model)
     graph = gs.import_onnx(model)
     tensors = _tensors_by_name(graph)
-    constant_nodes = {n.outputs[0].name: n for n in graph.nodes if n.op == "Constant" and n.outputs}
+    constant_nodes = _constant_nodes(graph)
     decoders: list[gs.Node] = []
     stored: dict[str, str] = {}
     for site, cb in encoded:
         if site.location == "constant":
-            node = constant_nodes[site.name]
+            # the decoder goes to the main graph, where it folds at load; a Constant inside an
+            # If or Loop body is then read from the outer scope, under the same name
+            node, owner = constant_nodes[site.name]
             out = node.outputs[0]
             node.outputs.clear()
-            graph.nodes.remove(node)
+            owner.nodes.remove(node)
         else:
             out = gs.Variable(site.name, dtype=numpy_dtype(site.onnx_dtype), shape=list(site.array.shape))
             for old in tensors[site.name]:  # one object, or one per subgraph that reads it
@@ -75,7 +77,8 @@ def rewrite_casts(model: onnx.ModelProto, halves: list[tuple[WeightSite, np.ndar
     keep = [t for t in graph.initializer if t.name not in names]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
+    _drop_constants(graph, names)
+    nodes = list(graph.node)
     casts = []
     for site, half in halves:
         graph.initializer.append(
@@ -89,6 +92,18 @@ def rewrite_casts(model: onnx.ModelProto, halves: list[tuple[WeightSite, np.ndar
     return out
 
 
+def _drop_constants(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Removes the Constant nodes that output these names, in the graph and its bodies."""
+    keep = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                _drop_constants(sub, names)
+
+
 def record(model: onnx.ModelProto, method: str, tensors: dict[str, dict]) -> None:
     """What was done, in metadata_props: onnxcompress.version, .method and .tensors (per weight:
     bits, layout, k and index storage of a codebook; rank and factors of a pair)."""
@@ -100,6 +115,19 @@ def record(model: onnx.ModelProto, method: str, tensors: dict[str, dict]) -> Non
             "onnxcompress.tensors": json.dumps(tensors, separators=(",", ":")),
         },
     )
+
+
+def _constant_nodes(graph: gs.Graph, out: dict | None = None) -> dict[str, tuple[gs.Node, gs.Graph]]:
+    """Every Constant node by its output's name, with the graph (main or body) that holds it."""
+    out = {} if out is None else out
+    for node in graph.nodes:
+        if node.op == "Constant" and node.outputs:
+            out[node.outputs[0].name] = (node, graph)
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    _constant_nodes(sub, out)
+    return out
 
 
 def _tensors_by_name(graph: gs.Graph, out: dict | None = None) -> dict[str, list[gs.Tensor]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,11 +138,7 @@ def select_weights(model: onnx.ModelProto, options: SelectOptions, data_dir: Pat
     exclude = re.compile(options.exclude) if options.exclude else None
 
     candidates: list[tuple[onnx.TensorProto, str, str]] = [(t, t.name, "initializer") for t in graph.initializer]
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                    candidates.append((attr.t, node.output[0], "constant"))
+    candidates += [(t, name, "constant") for t, name in constant_tensors(graph)]
 
     weights, skipped = [], []
     for tensor, name, location in candidates:  # names are unique: load_model refuses duplicates
@@ -177,6 +173,19 @@ def select_weights(model: onnx.ModelProto, options: SelectOptions, data_dir: Pat
         assert values is not None
         weights.append(WeightSite(name, values, tensor.data_type, location, consumers[name]))
     return Selection(weights, skipped)
+
+
+def constant_tensors(graph: onnx.GraphProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+    """The value and output name of every Constant node, including those inside If, Loop and
+    Scan bodies (the If-branch form of silero's voice detector keeps all its weights there)."""
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t, node.output[0]
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield from constant_tensors(sub)
 
 
 def _is_non_data(c: Consumer) -> bool:

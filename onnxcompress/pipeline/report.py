@@ -166,6 +166,8 @@ class Report:
                 s.add_row(*row)
             console.print(s)
         render_outputs(self.outputs, console)
+        if note := unchanged_outputs(self.outputs, self.tensors):
+            console.print(f"[yellow]{note}[/yellow]", highlight=False)
         if note := over_folding_cap(self.tensors):
             console.print(f"[yellow]{note}[/yellow]", highlight=False)
         if self.verified_unfolded:
@@ -197,6 +199,18 @@ class Report:
             f"[bold]{human(self.file_bytes_before)} -> {human(self.file_bytes_after)}[/bold] "
             f"({self.ratio:.2f}x smaller) in {self.seconds:.1f} s{where}"
         )
+
+
+def unchanged_outputs(outputs: list[OutputDiff], tensors: list[TensorReport]) -> str | None:
+    """The warning for outputs that did not move at all although weights did: the inputs
+    probably never reached those weights (made-up inputs can take a model's fallback path: the
+    If-branch voice detector at 256 samples), so the verification says nothing about them."""
+    if not outputs or any(d.max_abs != 0 for d in outputs) or not any(r.rel_error > 0 for r in tensors):
+        return None
+    return (
+        "warning: no output changed at all on these inputs, though the weights did: the inputs may not reach "
+        "the compressed weights (made-up inputs can take a model's fallback path); verify with real ones (--inputs)"
+    )
 
 
 def over_folding_cap(tensors: list[TensorReport]) -> str | None:
