@@ -20,7 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ._version import __version__
 from .errors import OnnxCompressError
@@ -52,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_error(message: str, what: str = "error") -> None:
-    make_console(stderr=True).print(f"[bold red]onnxcompress: {what}:[/bold red] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr; the message as it is (escaped: "[n]" in a shape is not markup)."""
+    make_console(stderr=True).print(
+        f"[bold red]onnxcompress: {what}:[/bold red] {escape(message)}", highlight=False, soft_wrap=True
+    )
 
 
 @contextmanager
@@ -164,7 +169,7 @@ def _inspect(argv: list[str]) -> int:
         t.add_column(f"{bits} bits", justify="right")
     for c in sorted(candidates, key=lambda c: -c.bytes):
         t.add_row(
-            c.name,
+            Text(c.name),  # plain text: a name like layer[0] is not markup
             "x".join(map(str, c.shape)),
             ",".join(c.consumers),
             f"{c.bytes:,}",
@@ -172,7 +177,7 @@ def _inspect(argv: list[str]) -> int:
         )
     console.print(t)
     for s in selection.skipped:
-        console.print(f"left alone: {s.name} {list(s.shape)}: {s.reason}")
+        console.print(f"left alone: {s.name} {list(s.shape)}: {s.reason}", markup=False, highlight=False)
     return 0
 
 

@@ -331,3 +331,26 @@ def test_onnxruntime_logs_reach_the_terminal_only_with_verbose(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("onnxcompress: error:") and "[E:onnxruntime" not in quiet.stderr
     loud = subprocess.run([*command, "-v"], capture_output=True, text=True)
     assert loud.returncode == 2 and "[E:onnxruntime" in loud.stderr
+
+
+def test_names_and_shapes_with_brackets_print_as_they_are(tmp_path, capsys):
+    """rich reads [..] as markup: a weight named layer[a].weight, or an input of shape [n] in
+    an error, must print whole."""
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(0).normal(size=(48, 40)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "layer[a].weight"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 40])],
+        [numpy_helper.from_array(w, "layer[a].weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "brackets.onnx"
+    onnx.save(model, path)
+    code, out, _ = run_cli([path, "--min-elements", 64, "-o", tmp_path / "out[b].onnx"], capsys)
+    assert code == 0 and "layer[a].weight" in out and "out[b].onnx" in out.replace("\n", "")
+    code, _, err = run_cli([tmp_path / "missing[c].onnx"], capsys)
+    assert code == 2 and "missing[c].onnx" in err

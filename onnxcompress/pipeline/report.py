@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..encoding.encoded import EncodedWeight, weight_bytes
 from ..encoding.lowrank import multiply_adds
@@ -141,12 +143,16 @@ class Report:
             left = col in ("tensor", "shape", "used by", "k-means")
             t.add_column(col, justify="left" if left else "right", overflow="fold", no_wrap=col != "tensor")
         for row in rows:
-            t.add_row(*row)
+            t.add_row(*map(Text, row))  # plain text: a name like layer[0] is not markup
         console.print(t)
         factored = any(r.rank is not None for r in self.tensors)
         notes = [r for r in self.tensors if r.note]
         for r in notes[:8]:
-            console.print(f"codebook instead of a pair: {r.name}: {r.note.removesuffix('; codebook instead')}", highlight=False)
+            console.print(
+                f"codebook instead of a pair: {r.name}: {r.note.removesuffix('; codebook instead')}",
+                markup=False,
+                highlight=False,
+            )
         if len(notes) > 8:
             console.print(f"... and {len(notes) - 8} more codebooks instead of pairs (see the JSON report)")
         if factored:
@@ -163,13 +169,13 @@ class Report:
             for col in header:
                 s.add_column(col, overflow="fold" if col == "tensor" else "ellipsis")
             for row in rows:
-                s.add_row(*row)
+                s.add_row(*map(Text, row))
             console.print(s)
         render_outputs(self.outputs, console)
         if note := unchanged_outputs(self.outputs, self.tensors):
-            console.print(f"[yellow]{note}[/yellow]", highlight=False)
+            console.print(Text(note, style="yellow"))
         if note := over_folding_cap(self.tensors):
-            console.print(f"[yellow]{note}[/yellow]", highlight=False)
+            console.print(Text(note, style="yellow"))
         if self.verified_unfolded:
             console.print(
                 "verified with onnxruntime's graph optimizations off (a model over 1 GB: folding the decoders at load "
@@ -191,10 +197,10 @@ class Report:
                 highlight=False,
             )
             if warning := too_few_inputs(p):
-                console.print(f"[yellow]{warning}[/yellow]", highlight=False)
+                console.print(Text(warning, style="yellow"))
             if note := too_few_decisions(self.outputs, p, self.settings.get("metric")):
-                console.print(f"[yellow]{note}[/yellow]", highlight=False)
-        where = f"\nwrote {self.output}" if self.output else ""
+                console.print(Text(note, style="yellow"))
+        where = f"\nwrote {escape(str(self.output))}" if self.output else ""
         console.print(
             f"[bold]{human(self.file_bytes_before)} -> {human(self.file_bytes_after)}[/bold] "
             f"({self.ratio:.2f}x smaller) in {self.seconds:.1f} s{where}"
@@ -305,7 +311,7 @@ def render_outputs(outputs: list[OutputDiff], console: Console) -> None:
     for col in header:
         o.add_column(col, justify="left" if col in ("output", "kind", "task measure") else "right")
     for row in rows:
-        o.add_row(*row)
+        o.add_row(*map(Text, row))
     console.print(o)
 
 
