@@ -135,3 +135,18 @@ def test_outputs_that_did_not_move_at_all_are_a_warning():
     assert unchanged_outputs([OutputDiff("y", 1e-6, 1e-7, 1.0), still[1]], [weight]) is None
     exact = TensorReport("W", [64, 64], ["MatMul"], "codebook", 8, "tensor", "exact", None, None, 16384, 4096, 0.0, 0.0)
     assert unchanged_outputs(still, [exact]) is None  # a weight with 256 values or fewer is exact at 8 bits
+
+
+@pytest.mark.parametrize("options, smaller", [({"bits": 4}, False), ({"method": "lowrank", "rank": 8}, True)])
+def test_the_report_says_what_the_weights_take_in_ram_after_load(options, smaller):
+    """Codebooks fold back into the weight's type at load: RAM after load is the original's;
+    a low-rank pair's factors stay as they are: RAM after is their size."""
+    import onnxcompress as oc
+    from models import low_rank_weight
+
+    r = oc.compress(low_rank_weight(), min_elements=64, verify=False, **options)
+    for t in r.report.tensors:
+        if smaller:
+            assert t.rank is not None and t.ram_after == t.bytes_after < t.bytes_before
+        else:
+            assert t.ram_after == t.bytes_before

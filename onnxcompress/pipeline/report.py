@@ -36,6 +36,9 @@ class TensorReport:
     macs_before: int = 0  # multiply-adds per output row or position of its consumers (0 for a Gather)
     macs_after: int = 0
     note: str = ""  # why it took another encoding than asked for
+    # what onnxruntime holds for it once loaded: codebooks and float16 fold back into the
+    # weight's own type (bench_resident.py), a pair's factors stay as floats of their size
+    ram_after: int = 0
 
     @classmethod
     def of(cls, e: EncodedWeight, stored: dict[str, str], note: str = "") -> TensorReport:
@@ -66,6 +69,7 @@ class TensorReport:
             macs_after=macs_after,
             seconds=e.seconds,
             note=note,
+            ram_after=e.pair.stored_bytes() if e.pair is not None else weight_bytes(site),
         )
 
     def describe(self) -> str:
@@ -145,6 +149,14 @@ class Report:
         for row in rows:
             t.add_row(*map(Text, row))  # plain text: a name like layer[0] is not markup
         console.print(t)
+        if self.tensors:
+            before, after = sum(r.bytes_before for r in self.tensors), sum(r.ram_after for r in self.tensors)
+            console.print(
+                f"in RAM once onnxruntime has loaded the model, these weights take {human(after)} (before: {human(before)}): "
+                "codebooks and float16 are decoded to the weight's type at load; only low-rank pairs stay smaller",
+                markup=False,
+                highlight=False,
+            )
         factored = any(r.rank is not None for r in self.tensors)
         notes = [r for r in self.tensors if r.note]
         for r in notes[:8]:
