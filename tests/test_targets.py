@@ -139,7 +139,8 @@ def test_a_plan_holds_where_inputs_quiet_in_calibration_wake_up():
     later = {"x": (rng.normal(size=(64, 64)) * np.sqrt(quiet)).astype(np.float32)}
     r = oc.compress(model, min_elements=64, max_error=0.03, calibration=calibration)
     assert rel_l2(ort_outputs(model, [calibration]), ort_outputs(r.model, [calibration]), 0) <= 0.03
-    assert rel_l2(ort_outputs(model, [later]), ort_outputs(r.model, [later]), 0) <= 0.03 * HELD_OUT_MARGIN
+    # the target itself, no margin: with the floor the later inputs measure 0.018, without it 0.034
+    assert rel_l2(ort_outputs(model, [later]), ort_outputs(r.model, [later]), 0) <= 0.03
 
 
 # -- too few inputs: the plan on halves of them --------------------------------------------------
