@@ -253,6 +253,34 @@ MUTANTS = [
         "for (int pass = 0, moved = 1; moved && pass < 0; pass++) {",
         ("tests/test_kmeans.py",),
     ),
+    Mutant(
+        "bit planes combined in uint8 for onnxruntime 1.16",
+        "onnxcompress/graph/decode.py",
+        "UINT8_ADD_MIN_ORT = (1, 21)",
+        "UINT8_ADD_MIN_ORT = (1, 16)",
+        ("tests/test_compat.py",),
+    ),
+    Mutant(
+        "codebooks per long channel along the short axis",
+        "onnxcompress/planning/candidates.py",
+        "axis = max((0, 1), key=lambda ax: a.size // a.shape[ax])",
+        "axis = min((0, 1), key=lambda ax: a.size // a.shape[ax])",
+        ("tests/test_plan.py",),
+    ),
+    Mutant(
+        "made-up inputs: sizing the last axis alone sizes every unknown",
+        "onnxcompress/runtime/synthesize.py",
+        "elif axis == 0 or (last_only and axis != rank - 1):",
+        "elif axis == 0:",
+        ("tests/test_synthesize.py",),
+    ),
+    Mutant(
+        "a covariance kept as its factor loses the matrix's shrinkage",
+        "onnxcompress/encoding/compensate.py",
+        "d = self.features",
+        "d = 1",
+        ("tests/test_memory.py", "tests/test_compensate.py"),
+    ),
 ]
 
 
