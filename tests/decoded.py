@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from onnxcompress.dtypes import BFLOAT16, float32_to_bfloat16
+from onnxcompress.io.load import bodies
 
 
 def substitute_decoded(model: onnx.ModelProto, encoded: list) -> onnx.ModelProto:
@@ -32,9 +33,8 @@ def substitute_decoded(model: onnx.ModelProto, encoded: list) -> onnx.ModelProto
                 for attr in node.attribute:
                     if attr.name == "value":
                         attr.t.CopyFrom(tensor(node.output[0]))
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                    constants(sub)
+            for sub in bodies(node):
+                constants(sub)
 
     constants(out.graph)
     return out

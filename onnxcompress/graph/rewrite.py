@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from .._version import __version__
 from ..dtypes import numpy_dtype
 from ..encoding.codebook import Codebook
+from ..io.load import bodies
 from ..io.select import WeightSite
 from .decode import build_decoder
 
@@ -99,9 +100,8 @@ def _drop_constants(graph: onnx.GraphProto, names: set[str]) -> None:
         del graph.node[:]
         graph.node.extend(keep)
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                _drop_constants(sub, names)
+        for sub in bodies(node):
+            _drop_constants(sub, names)
 
 
 def record(model: onnx.ModelProto, method: str, tensors: dict[str, dict]) -> None:
@@ -123,10 +123,8 @@ def _constant_nodes(graph: gs.Graph, out: dict | None = None) -> dict[str, tuple
     for node in graph.nodes:
         if node.op == "Constant" and node.outputs:
             out[node.outputs[0].name] = (node, graph)
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, gs.Graph):
-                    _constant_nodes(sub, out)
+        for sub in _gs_bodies(node):
+            _constant_nodes(sub, out)
     return out
 
 
@@ -139,11 +137,19 @@ def _tensors_by_name(graph: gs.Graph, out: dict | None = None) -> dict[str, list
     for node in graph.nodes:
         for t in node.inputs:
             _add(out, t)
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, gs.Graph):
-                    _tensors_by_name(sub, out)
+        for sub in _gs_bodies(node):
+            _tensors_by_name(sub, out)
     return out
+
+
+def _gs_bodies(node: gs.Node) -> list[gs.Graph]:
+    """A graphsurgeon node's If branches, Loop or Scan body (io.load.bodies for protos)."""
+    return [
+        sub
+        for value in node.attrs.values()
+        for sub in (value if isinstance(value, list) else [value])
+        if isinstance(sub, gs.Graph)
+    ]
 
 
 def _add(out: dict, t: gs.Tensor) -> None:

@@ -148,17 +148,23 @@ def _packed_bytes(t: onnx.TensorProto) -> int:
     return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
+def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds as attributes: an If's branches, a Loop's or Scan's body."""
+    out: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            out.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            out.extend(attr.graphs)
+    return out
+
+
 def _all_tensors(graph: onnx.GraphProto):
     yield from graph.initializer
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_tensors(g)
+        yield from (attr.t for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR)
+        for sub in bodies(node):
+            yield from _all_tensors(sub)
 
 
 def _short(e: Exception) -> str:

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from ..dtypes import BFLOAT16, bfloat16_to_float32, file_dtype
 from ..options import SelectOptions
-from .load import external_extent
+from .load import bodies, external_extent
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -183,9 +183,8 @@ def constant_tensors(graph: onnx.GraphProto) -> Iterator[tuple[onnx.TensorProto,
             for attr in node.attribute:
                 if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                     yield attr.t, node.output[0]
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                yield from constant_tensors(sub)
+        for sub in bodies(node):
+            yield from constant_tensors(sub)
 
 
 def _is_non_data(c: Consumer) -> bool:
@@ -205,9 +204,8 @@ def _consumers(graph: onnx.GraphProto, in_subgraph: bool = False, out=None) -> d
         for i, name in enumerate(node.input):
             if name:
                 out[name].append(Consumer(op, i, in_subgraph, trans_b, ints))
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                _consumers(sub, True, out)
+        for sub in bodies(node):
+            _consumers(sub, True, out)
     return out
 
 

@@ -5,8 +5,6 @@ from one batched run, float16 and low-rank pairs from the values and one SVD."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from ..encoding.codebook import Codebook, channel_rows, codebook_size, per_tensor_widths, storage_dtype, weighted_sse
@@ -120,9 +118,10 @@ def _long_channel_options(
     assert cb.sse_by_k is not None
     options = []
     channels = cb.centroids.shape[0]
+    axis = None if cb.axis == site.channel_axis() % site.array.ndim else cb.axis  # as long_channel_choice gave it
     for bits in range(_lowest_bits(site), 9):
         k = 1 << bits
-        choice = replace(long_channel_choice(site, bits) or AsCodebook(bits, "channel"), compensate=compensate)
+        choice = AsCodebook(bits, "channel", compensate, axis)
         if k > cb.sse_by_k.size or choice in present:
             continue
         size = codebook_size(cb.n_values, bits, channels, k, entry) + DECODER_BYTES

@@ -127,11 +127,7 @@ def _variants(model: onnx.ModelProto, seed: int) -> Iterator[dict[str, np.ndarra
             for last_only in (False, True):
                 if size is None and not setting and not last_only:
                     continue  # the first feed again
-                yield (
-                    synthesize_feed(model, seed, size or 16, setting, last_only)
-                    if last_only
-                    else synthesize_feed(model, seed, size, setting)
-                )
+                yield synthesize_feed(model, seed, (size or 16) if last_only else size, setting, last_only)
 
 
 def first_running_feed(
