@@ -73,11 +73,13 @@ def compress(
 
     Options (see `onnxcompress --help`): min_elements, include, exclude, method, bits,
     granularity, codebook_dtype, kmeans, rank, rank_ratio, energy, svd, max_error, metric,
-    target_size, ratio, sensitivity, compensate, target_ort, opset, verify, inputs, seed,
+    target_size, ratio, max_ram, sensitivity, compensate, target_ort, opset, verify, inputs, seed,
     output_kind.
 
-    With max_error, target_size or ratio, a planner picks bits and granularity per tensor (see
-    planning/plan.py). The default metric, "task", measures each output as its kind reads it
+    With max_error, target_size, ratio or max_ram, a planner picks bits and granularity per
+    tensor (see planning/plan.py). `max_ram` ("30%" of the original's weights, or megabytes)
+    bounds what onnxruntime holds of the weights once loaded (graph/lookup.py: lookup tables stay
+    packed). The default metric, "task", measures each output as its kind reads it
     (runtime/outputs.py, runtime/verify.task_measure; `output_kind` "NAME=KIND,..." overrides the
     kinds read from the graph, or "NAME=ignore" leaves an output out); `metric` may also be a
     callable(original_outputs, compressed_outputs) -> error, each a list (one per feed) of

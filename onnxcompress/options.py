@@ -166,6 +166,12 @@ class PlanOptions:
     )
     target_size: float | None = _opt(None, "the least error that fits in this many megabytes (1e6 bytes)", metavar="MB")
     ratio: float | None = _opt(None, "the least error at this many times smaller", metavar="R")
+    max_ram: str | None = _opt(
+        None,
+        "the weights onnxruntime holds once it has loaded the model fit in this many megabytes, or this share of the "
+        "original's weights (30%%); alone, the least error that fits, or with another target as a second bound",
+        metavar="MB|N%",
+    )
     sensitivity: bool = _opt(True, "weight k-means by how much each value matters on the --inputs (--no-sensitivity: plain)")
     compensate: bool = _opt(
         True,
@@ -184,9 +190,25 @@ class PlanOptions:
                 raise CompressError(f"{flag} must be a number above {low:g}; got {value}")
         if not callable(self.metric) and self.metric not in METRIC_NAMES:
             raise CompressError(f"--metric must be one of {', '.join(METRIC_NAMES)}; got {self.metric!r}")
+        self.ram_budget(1)  # raises on a bad --max-ram
 
     def active(self) -> bool:
-        return self.max_error is not None or self.target_size is not None or self.ratio is not None
+        return any(v is not None for v in (self.max_error, self.target_size, self.ratio, self.max_ram))
+
+    def ram_budget(self, original_weights: int) -> int | None:
+        """--max-ram in bytes (`original_weights`: what the original's weights take), or None."""
+        value = self.max_ram
+        if value is None:
+            return None
+        text = str(value).strip().removesuffix("MB").strip() if not isinstance(value, int | float) else ""
+        share = text.endswith("%")
+        try:
+            number = float(value) if isinstance(value, int | float) else float(text.removesuffix("%"))
+        except ValueError:
+            number = float("nan")
+        if not (number > 0 and number != float("inf")) or (share and number > 100):
+            raise CompressError(f"--max-ram wants megabytes (40) or a share of the original's weights (30%); got {value!r}")
+        return int(original_weights * number / 100) if share else int(number * 1e6)
 
 
 @dataclass

@@ -135,6 +135,13 @@ class CompressionExplorer(w.VBox):
         )
         self.max_error = w.BoundedFloatText(value=0.01, min=0.0, max=1e9, step=0.001, description="max error", layout=narrow())
         self.metric = w.Dropdown(options=list(METRIC_NAMES), value="task", description="metric", layout=narrow())
+        self.max_ram = w.Text(
+            value="",
+            placeholder="no bound",
+            description="max RAM",
+            tooltip="MB, or 30% of the original's weights",
+            layout=narrow(),
+        )
         self.compress_button = w.Button(description="Compress", button_style="primary", icon="compress")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="300px"))
         self.status = w.HTML(_message("Choose settings and press Compress."))
@@ -172,7 +179,7 @@ class CompressionExplorer(w.VBox):
 
         codebook_box = w.VBox([self.bits, self.granularity, self.group_size])
         rank_box = w.VBox([self.rank_by, self.energy, self.rank])
-        target_box = w.VBox([self.use_target, self.max_error, self.metric])
+        target_box = w.VBox([self.use_target, self.max_error, self.metric, self.max_ram])
         controls = w.HBox([w.VBox([self.method, codebook_box]), rank_box, target_box])
         super().__init__([controls, w.HBox([self.compress_button, self.progress, self.status]), self.tabs])
 
@@ -181,7 +188,8 @@ class CompressionExplorer(w.VBox):
     def options(self) -> dict[str, Any]:
         """The keyword arguments for compress() that the controls say."""
         if self.use_target.value:
-            return {"max_error": float(self.max_error.value), "metric": self.metric.value, **self._fixed}
+            ram = {"max_ram": self.max_ram.value.strip()} if self.max_ram.value.strip() else {}
+            return {"max_error": float(self.max_error.value), "metric": self.metric.value, **ram, **self._fixed}
         method = self.method.value
         opts: dict[str, Any] = {"method": method}
         if method != "lowrank":
@@ -204,7 +212,7 @@ class CompressionExplorer(w.VBox):
             c.disabled = planned or method == "lowrank"
         for c in (self.rank_by, self.energy, self.rank):
             c.disabled = planned or not factored
-        self.max_error.disabled = self.metric.disabled = not planned
+        self.max_error.disabled = self.metric.disabled = self.max_ram.disabled = not planned
         self.group_size.layout.display = None if self.granularity.value == "group" else "none"
         self.energy.layout.display = None if self.rank_by.value == "energy" else "none"
         self.rank.layout.display = None if self.rank_by.value == "rank" else "none"
@@ -308,6 +316,9 @@ def _summary_html(report: Report, comparison: Comparison | None) -> str:
     ]
     if report.plan:
         rows.insert(3, ["plan", f"{report.plan['target']}: measured {report.plan['measured']:.3g}"])
+    if report.tensors:
+        held = sum(r.ram_after for r in report.tensors) + report.file_bytes_before - sum(r.bytes_before for r in report.tensors)
+        rows.insert(3, ["weights in RAM once loaded", f"about {human(held)} (original {human(report.file_bytes_before)})"])
     if comparison is not None and comparison.diffs:
         worst = max(comparison.diffs, key=lambda d: d.rel_l2)
         rows.append(["worst output error", f"{worst.rel_l2:.3e} relative L2 ({worst.name})"])

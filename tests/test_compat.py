@@ -1,7 +1,8 @@
 """Compressed models on the onnxruntimes users deploy to: the oldest supported (1.16), a middle
 one and the newest from the registry, each in its own virtual environment, and onnxruntime-node
-and onnxruntime-web (its wasm build, run by node) from npm. Every decoder pattern, low-rank
-pairs, float16, a plan, weights in Constant nodes and in If branches; each run with onnxruntime's
+and onnxruntime-web (its wasm build, run by node) from npm. Every decoder pattern, lookup
+tables decoded after the lookup, low-rank pairs, float16, a plan, weights in Constant nodes and in
+If branches; each run with onnxruntime's
 default options (every decoder must fold at load), with the constant-folding size cap lowered
 below every decoded weight (1.27 and later: nothing folds and the decoders run at each call) and
 with graph optimizations off. Outputs must match what this environment's onnxruntime computes.
@@ -59,6 +60,9 @@ def _cases() -> dict[str, tuple[onnx.ModelProto, dict, tuple[int, ...]]]:
         "lowrank-pair-8-bit": (low_rank_weight(), {"method": "lowrank+kmeans", "rank": 6}, (0,)),
         "plan-with-float16": (matmul_chain("A", (256, 192), "B", (192, 64)), {"max_error": 5e-4, "calibration": {"x": x}}, (0,)),
         "plan-per-column-table": (table, table_options, (0,)),
+        "4-bit-lookup-rows": (ALL["embedding"](), {"bits": 4}, (0,)),
+        "8-bit-lookup-scaled": (ALL["embedding"](), {"bits": 8, "granularity": "scaled"}, (0,)),
+        "1-bit-lookup-channel-padded": (columns_table(512)[0], {"bits": 1, "granularity": "channel"}, (0,)),
         "constant-node": (ALL["constant_node"](), {"bits": 4}, (0,)),
         "if-branch": (ALL["if_branch"](), {"bits": 8}, (0,)),
         "if-branch-constants": (ALL["if_branch_constants"](), {"bits": 4}, (0,)),

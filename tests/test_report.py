@@ -13,6 +13,7 @@ from models import F, make_model
 from onnx import helper
 
 from onnxcompress import cli
+from onnxcompress.pipeline.report import human
 
 FEEDS = 3  # x@0..x@2 and z@0..z@2, each feed its own batch size
 
@@ -137,16 +138,22 @@ def test_outputs_that_did_not_move_at_all_are_a_warning():
     assert unchanged_outputs(still, [exact]) is None  # a weight with 256 values or fewer is exact at 8 bits
 
 
-@pytest.mark.parametrize("options, smaller", [({"bits": 4}, False), ({"method": "lowrank", "rank": 8}, True)])
-def test_the_report_says_what_the_weights_take_in_ram_after_load(options, smaller):
+@pytest.mark.parametrize(
+    "options, smaller, model",
+    [({"bits": 4}, False, "matmul"), ({"method": "lowrank", "rank": 8}, True, "matmul"), ({"bits": 4}, True, "table")],
+)
+def test_the_report_says_what_the_weights_take_in_ram_after_load(options, smaller, model):
     """Codebooks fold back into the weight's type at load: RAM after load is the original's;
-    a low-rank pair's factors stay as they are: RAM after is their size."""
+    a low-rank pair's factors and a lookup table's packed rows stay as they are: RAM after is
+    their size, in the JSON and in the table's "in RAM" column."""
     import onnxcompress as oc
-    from models import low_rank_weight
+    from models import embedding, low_rank_weight
 
-    r = oc.compress(low_rank_weight(), min_elements=64, verify=False, **options)
-    for t in r.report.tensors:
+    r = oc.compress(low_rank_weight() if model == "matmul" else embedding(), min_elements=64, verify=False, **options)
+    header, rows = r.report.tensor_rows()
+    for t, row in zip(r.report.tensors, rows, strict=True):
+        assert row[header.index("in RAM")] == human(t.ram_after)
         if smaller:
-            assert t.rank is not None and t.ram_after == t.bytes_after < t.bytes_before
+            assert (t.rank is not None or t.indices == "rows") and t.ram_after == t.bytes_after < t.bytes_before
         else:
             assert t.ram_after == t.bytes_before

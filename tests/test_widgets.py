@@ -114,6 +114,20 @@ def test_max_error_target_runs_the_planner(explorer):
     assert explorer.comparison.diffs[0].task <= 0.01 and explorer.metric.value == "task"  # the default: changed classes
 
 
+def test_max_ram_reaches_the_planner_and_its_refusal_is_one_line(explorer):
+    explorer.use_target.value = True
+    assert not explorer.max_ram.disabled
+    explorer.max_ram.value = "50%"  # the digits net has no lookup table: every weight is float once loaded
+    explorer.compress_button.click()
+    assert "cannot meet --max-ram 50%" in explorer.status.value and "at least" in explorer.status.value
+    explorer.max_ram.value = "lots"
+    explorer.compress_button.click()
+    assert "--max-ram wants megabytes" in explorer.status.value
+    explorer.max_ram.value = ""
+    explorer.compress_button.click()
+    assert "weights in RAM once loaded" in explorer.summary.value
+
+
 def test_bad_settings_give_one_line_and_keep_the_last_result(explorer):
     explorer.compress_button.click()
     good = explorer.result

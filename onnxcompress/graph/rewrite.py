@@ -19,6 +19,7 @@ from ..encoding.codebook import Codebook
 from ..io.load import bodies
 from ..io.select import WeightSite
 from .decode import build_decoder
+from .lookup import replace_lookups, stays_packed
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -33,14 +34,20 @@ def rewrite_graph(
     encoded: list[tuple[WeightSite, Codebook]],
     target_ort: tuple[int, ...] = (1, 16),
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """The rewritten model, and how each weight's indices are stored (see build_decoder)."""
+    """The rewritten model, and how each weight's indices are stored (see build_decoder; "rows"
+    for a lookup table decoded after each lookup, lookup.py)."""
     opset = default_opset(model)
     graph = gs.import_onnx(model)
     tensors = _tensors_by_name(graph)
     constant_nodes = _constant_nodes(graph)
+    outputs = {t.name for t in graph.outputs}
     decoders: list[gs.Node] = []
     stored: dict[str, str] = {}
     for site, cb in encoded:
+        if stays_packed(site, cb.bits, cb.layout, opset) and site.name not in outputs:
+            replace_lookups(graph, tensors[site.name][0], cb, site.name, site.onnx_dtype)
+            stored[site.name] = "rows"
+            continue
         if site.location == "constant":
             # the decoder goes to the main graph, where it folds at load; a Constant inside an
             # If or Loop body is then read from the outer scope, under the same name

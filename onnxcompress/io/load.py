@@ -137,6 +137,11 @@ def _external_files(model: onnx.ModelProto) -> list[str]:
     return sorted(names)
 
 
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """What all the model's tensors (initializers, Constant nodes, in bodies too) take as values."""
+    return sum(_packed_bytes(t) for t in _all_tensors(model.graph))
+
+
 def _packed_bytes(t: onnx.TensorProto) -> int:
     n = int(np.prod(t.dims, dtype=np.int64))
     bits: dict[int, int] = {onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT2: 2}

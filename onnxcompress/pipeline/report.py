@@ -37,7 +37,8 @@ class TensorReport:
     macs_after: int = 0
     note: str = ""  # why it took another encoding than asked for
     # what onnxruntime holds for it once loaded: codebooks and float16 fold back into the
-    # weight's own type (bench_resident.py), a pair's factors stay as floats of their size
+    # weight's own type (bench_resident.py), a pair's factors stay as floats of their size, a
+    # lookup table decoded after each lookup keeps its packed rows (graph/lookup.py)
     ram_after: int = 0
 
     @classmethod
@@ -69,7 +70,7 @@ class TensorReport:
             macs_after=macs_after,
             seconds=e.seconds,
             note=note,
-            ram_after=e.pair.stored_bytes() if e.pair is not None else weight_bytes(site),
+            ram_after=ram_after(e, stored),
         )
 
     def describe(self) -> str:
@@ -79,6 +80,15 @@ class TensorReport:
         rank = f"rank {self.rank}/{self.full_rank}" if self.rank is not None else ""
         codebook = f"{self.bits} {self.layout}" if self.bits is not None else ""
         return ", ".join(p for p in (rank, codebook) if p)
+
+
+def ram_after(e: EncodedWeight, stored: dict[str, str]) -> int:
+    """What onnxruntime holds for an encoded weight once loaded (see TensorReport.ram_after)."""
+    if stored.get(e.site.name) == "rows":
+        return e.stored_bytes()
+    if e.pair is not None:
+        return e.pair.stored_bytes()
+    return weight_bytes(e.site)
 
 
 def _layout(cb, site) -> str:
@@ -126,12 +136,12 @@ class Report:
         """The per-tensor table, largest first, as text cells: (header, rows). The terminal
         table and the notebook widgets both show it."""
         factored = any(r.rank is not None for r in self.tensors)
-        header = ["tensor", "shape", "used by", "encoding", "k-means", "before", "after", "weight error"]
+        header = ["tensor", "shape", "used by", "encoding", "k-means", "before", "after", "in RAM", "weight error"]
         header += ["multiply-adds"] if factored else []
         rows = []
         for r in sorted(self.tensors, key=lambda r: -r.bytes_before):
             row = [r.name, "x".join(map(str, r.shape)), ",".join(r.consumers), r.describe(), r.method or "-"]
-            row += [human(r.bytes_before), human(r.bytes_after), f"{r.rel_error:.2e}"]
+            row += [human(r.bytes_before), human(r.bytes_after), human(r.ram_after), f"{r.rel_error:.2e}"]
             rows.append(row + ([_compute_change(r)] if factored else []))
         return header, rows
 
@@ -153,7 +163,8 @@ class Report:
             before, after = sum(r.bytes_before for r in self.tensors), sum(r.ram_after for r in self.tensors)
             console.print(
                 f"in RAM once onnxruntime has loaded the model, these weights take {human(after)} (before: {human(before)}): "
-                "codebooks and float16 are decoded to the weight's type at load; only low-rank pairs stay smaller",
+                "codebooks and float16 are decoded to the weight's type at load; only lookup tables (decoded after each "
+                "lookup) and low-rank pairs stay smaller",
                 markup=False,
                 highlight=False,
             )
@@ -205,7 +216,8 @@ class Report:
                 f"plan for {p['target']}: measured {p['measured']:.3g}; {mix}"
                 + (f", {kept} kept in float" if kept else "")
                 + f"; {len(p['candidates'])} candidates measured, {p['seconds']:.1f} s"
-                + _against_eight_bits(p),
+                + _against_eight_bits(p)
+                + _ram_line(p),
                 highlight=False,
             )
             if warning := too_few_inputs(p):
@@ -296,6 +308,17 @@ def _against_eight_bits(plan: dict) -> str:
     else:
         than = "about the size of"
     return f"; {than} uniform 8 bits ({human(plan['eight_bit_bytes'])})"
+
+
+def _ram_line(plan: dict) -> str:
+    """What the plan's weights take in RAM once loaded, against --max-ram."""
+    ram = plan.get("ram")
+    if not ram:
+        return ""
+    share = ram["estimated"] / ram["original"] if ram["original"] else 0.0
+    return (
+        f"; weights in RAM once loaded {human(ram['estimated'])} ({share:.0%} of the original's), within {human(ram['budget'])}"
+    )
 
 
 def output_rows(outputs: list[OutputDiff]) -> tuple[list[str], list[list[str]]]:

@@ -5,11 +5,14 @@ from one batched run, float16 and low-rank pairs from the values and one SVD."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..encoding.codebook import Codebook, channel_rows, codebook_size, per_tensor_widths, storage_dtype, weighted_sse
 from ..encoding.encoded import EncodedWeight, pair_encoding
 from ..encoding.kmeans import kmeans1d_batched
+from ..graph.lookup import stays_packed
 from ..encoding.lowrank import (
     as_matrix,
     break_even_rank,
@@ -56,13 +59,14 @@ def tensor_options(
     compensate: bool = False,
     scaled: Codebook | None = None,
     long_channels: Codebook | None = None,
+    opset: int = 11,
 ) -> TensorOptions:
     """Every option's bytes and distortion for one weight; `curve`: the (weighted) SSE of its
     best per-tensor clustering for 1..256 levels (Codebook.sse_by_k of its 8-bit codebook), and
     `scaled`'s the same over values scaled per channel (its 8-bit "scaled" codebook), and
     `long_channels`'s summed over its channels (its 8-bit codebook per long channel, see
     long_channel_choice); `compensate`: its codebooks will be compensated (the planner scales
-    their distortion)."""
+    their distortion); `opset`: the model's, for which codebooks stay packed in RAM."""
     a = site.array
     if importance is not None and not importance.any():
         importance = None  # no value matters on the calibration inputs: clustered plainly (codebook.py)
@@ -93,7 +97,17 @@ def tensor_options(
             options.append(Option(AsCodebook(bits, "channel", compensate), size, max(float(by_k[k - 1]), 0.0) / norm))
     if long_channels is not None and long_channels.sse_by_k is not None:
         options += _long_channel_options(site, long_channels, compensate, norm, entry, {o.choice for o in options})
-    return TensorOptions(site, lower_hull(options))
+    options = [replace(o, ram=_ram(site, o, original_bytes, opset)) for o in options]
+    return TensorOptions(site, lower_hull(options), lower_hull([o for o in options if o.ram < original_bytes]))
+
+
+def _ram(site: WeightSite, o: Option, original_bytes: int, opset: int) -> int:
+    """What onnxruntime holds for the weight stored as `o` once loaded: a codebook of a lookup
+    table decoded after the lookup its file bytes, every other option the weight itself."""
+    c = o.choice
+    if isinstance(c, AsCodebook) and stays_packed(site, c.bits, c.layout, opset):
+        return o.bytes - DECODER_BYTES
+    return original_bytes
 
 
 def long_channel_choice(site: WeightSite, bits: int = 8) -> AsCodebook | None:
@@ -179,6 +193,7 @@ def pair_options(
         for choice in choices:
             e = pair_encoding(site, pair, choice, codebook_o)
             distortion = weighted_sse(a, e.decoded(), importance) / norm if norm > 0 else 0.0
-            options.append(Option(choice, e.stored_bytes() + DECODER_BYTES, distortion))
+            # in RAM the factors are floats, whether or not their file holds codebooks
+            options.append(Option(choice, e.stored_bytes() + DECODER_BYTES, distortion, ram=pair.stored_bytes()))
             encoded.append(e)
     return options, encoded

@@ -24,6 +24,7 @@ class Option:
     choice: Choice
     bytes: int = 0
     distortion: float = 0.0  # weighted SSE / weighted ||W||^2
+    ram: int = 0  # what onnxruntime holds for it once loaded (the weight's float bytes unless it stays smaller)
 
     def key(self, name: str) -> tuple[str, Choice]:
         """What weight `name` stored this way is, whatever its bytes and distortion."""
@@ -38,6 +39,9 @@ class Option:
 class TensorOptions:
     site: WeightSite
     options: list[Option]  # the lower convex hull of (bytes, distortion), fewest bytes first
+    # the same hull over the options that stay smaller in RAM than the weight (lookup tables
+    # decoded after the lookup, low-rank pairs): what --max-ram can hold it to
+    smaller_in_ram: list[Option] = field(default_factory=list)
 
     def choose(self, slope: float) -> Option:
         return min(self.options, key=lambda o: o.bytes + slope * o.distortion)
@@ -53,6 +57,10 @@ class Plan:
 
     def compressed(self) -> list[str]:
         return [name for name, o in self.choices.items() if not isinstance(o.choice, Keep)]
+
+    @property
+    def ram(self) -> int:
+        return sum(o.ram for o in self.choices.values())
 
     def recipe(self) -> Recipe:
         return Recipe({name: o.choice for name, o in self.choices.items()})
@@ -84,6 +92,40 @@ def lower_hull(options: list[Option]) -> list[Option]:
                 break
         hull.append(o)
     return hull
+
+
+def hold_to_ram(tensors: list[TensorOptions], budget: int) -> list[str] | None:
+    """Restricts tensors to their options that stay smaller in RAM, the largest saving first,
+    until every plan over them holds at most `budget` bytes once loaded (each tensor counted at
+    its largest option's RAM, so whatever the search then picks fits); then, while still over,
+    drops the forced tensors' largest options. The names restricted, or None when no choice of
+    options fits."""
+
+    def worst(options: list[Option]) -> int:
+        return max(o.ram for o in options)
+
+    total = sum(worst(t.options) for t in tensors)
+    order = sorted((t for t in tensors if t.smaller_in_ram), key=lambda t: worst(t.smaller_in_ram) - worst(t.options))
+    forced: list[TensorOptions] = []
+    for t in order:
+        if total <= budget:
+            break
+        total -= worst(t.options) - worst(t.smaller_in_ram)
+        t.options = t.smaller_in_ram
+        forced.append(t)
+    while total > budget:
+        t = max((t for t in forced if len(t.options) > 1), key=lambda t: worst(t.options), default=None)
+        if t is None:
+            return None
+        largest = worst(t.options)
+        t.options = [o for o in t.options if o.ram < largest]
+        total -= largest - worst(t.options)
+    return [t.site.name for t in forced]
+
+
+def least_ram(tensors: list[TensorOptions]) -> int:
+    """The least RAM any plan over these tensors holds once loaded."""
+    return sum(min(o.ram for o in t.options + t.smaller_in_ram) for t in tensors)
 
 
 def plan_at(tensors: list[TensorOptions], slope: float) -> Plan:

@@ -24,6 +24,7 @@ from ..encoding.compensate import compensate
 from ..encoding.encoded import EncodedWeight, Encoder, weight_bytes
 from ..errors import TargetError, VerificationError
 from ..graph.rewrite import default_opset
+from ..io.load import tensor_bytes
 from ..io.select import WeightSite
 from ..memory import release_free_heap
 from ..options import PlanOptions
@@ -32,7 +33,7 @@ from ..recipe import AsCodebook, AsFloat16, Keep, Recipe
 from ..runtime.sequence import run_twice
 from ..runtime.verify import run, session
 from .candidates import DECODER_BYTES, long_channel_choice, pair_options, tensor_options
-from .ladder import Plan, PlanTrace, TensorOptions, ladder, lower_hull, search_error, within_size
+from .ladder import Plan, PlanTrace, TensorOptions, hold_to_ram, ladder, least_ram, lower_hull, search_error, within_size
 from .probe import Calibration, Probe, compensation_ratios, halves, output_gains
 
 # Added to each input feature's mean square (in units of their mean) in the importances the
@@ -70,7 +71,7 @@ def make_plan(
     scaled = {e.site.name: e.codebook for e in encoder.encode(scalable, progress)}
     long = [(w, c) for w in weights if low_bits and (c := long_channel_choice(w)) is not None]
     columns = {e.site.name: e.codebook for e in encoder.encode(long, progress)}
-    tensors = _candidates(weights, eight, scaled, columns, sizes, low_bits, encoder)
+    tensors = _candidates(weights, eight, scaled, columns, sizes, default_opset(source), encoder)
     release_free_heap()  # the spectra and per-channel runs just freed
     try:
         probe: Probe | None = Probe(source, weights)
@@ -78,15 +79,23 @@ def make_plan(
         probe = None
     _weigh(tensors, weights, eight, encoder, probe, calib)
     release_free_heap()
+    ram = _hold_to_ram(tensors, plan_o, tensor_bytes(source), sum(sizes.values()))
     plans = ladder(tensors)
     measure = _Measure(weights, encoder, calib, probe, build, progress)
     del probe  # the measure owns it, and lets it go before the chosen plan is confirmed
     other_bytes = file_bytes - sum(sizes.values())
     trace = PlanTrace()
     if plan_o.max_error is not None:
-        target, best = _meet_error(plans, tensors, plan_o, measure, trace)
-    else:
+        held = f" with the weights held to --max-ram {plan_o.max_ram}" if ram else ""
+        target, best = _meet_error(plans, tensors, plan_o, measure, trace, held)
+    elif plan_o.target_size is not None or plan_o.ratio is not None:
         target, best = _meet_size(plans, tensors, plan_o, measure, file_bytes, other_bytes)
+    else:  # --max-ram alone: the least distorted plan that fits
+        target, best = "", plans[-1]
+        best.measured = measure.built(best.recipe())
+    if ram:
+        target = ", ".join(t for t in (target, f"--max-ram {ram['budget'] / 1e6:.3g} MB") if t)
+        ram["estimated"] = ram.pop("other") + best.ram
     info = {
         "target": target,
         "measured": best.measured,
@@ -99,8 +108,31 @@ def make_plan(
         # the same estimate for uniform 8 bits per tensor, so the report can say what planning bought
         "eight_bit_bytes": other_bytes + sum(min(sizes[w.name], eight[w.name].stored_bytes() + DECODER_BYTES) for w in weights),
         "seconds": time.perf_counter() - t0,
+        "ram": ram or None,  # --max-ram: the budget, the original's weights and the plan's, in bytes
     }
     return best.recipe(), info
+
+
+def _hold_to_ram(tensors: list[TensorOptions], plan_o: PlanOptions, original: int, selected: int) -> dict:
+    """Holds the tensors to --max-ram (ladder.hold_to_ram); what the report needs of it, or {}
+    without one. Raises TargetError when even the least RAM the options allow is over."""
+    budget = plan_o.ram_budget(original)
+    if budget is None:
+        return {}
+    other = original - selected  # the weights left out of the selection stay as they are
+    if original <= budget and plan_o.max_error is None and plan_o.target_size is None and plan_o.ratio is None:
+        raise TargetError(
+            f"the original's weights ({original / 1e6:.3g} MB) already fit --max-ram {plan_o.max_ram}: nothing needs "
+            "compressing; add --max-error E or --target-size MB for a smaller file"
+        )
+    if hold_to_ram(tensors, budget - other) is None:
+        least = other + least_ram(tensors)
+        raise TargetError(
+            f"cannot meet --max-ram {plan_o.max_ram} ({budget / 1e6:.3g} MB): the weights onnxruntime holds once loaded "
+            f"come to at least {least / 1e6:.3g} MB ({least / original:.0%} of the original's), since only lookup tables "
+            "read by Gather and low-rank pairs stay smaller than float in RAM; raise --max-ram"
+        )
+    return {"budget": budget, "original": original, "other": other}
 
 
 def _candidates(
@@ -109,12 +141,13 @@ def _candidates(
     scaled: dict[str, Codebook],
     columns: dict[str, Codebook],
     sizes: dict[str, int],
-    low_bits: bool,
+    opset: int,
     encoder: Encoder,
 ) -> list[TensorOptions]:
     """Each tensor's options on all cores; the pairs' encodings go to the encoder. Below opset
     11 only 8 bits per tensor and float16 (pairs of 8-bit codebooks need the same opset)."""
     imp = encoder.importance
+    low_bits = opset >= 11
     with ThreadPoolExecutor(max(1, min(len(weights), os.cpu_count() or 1))) as pool:
         futures = [
             pool.submit(
@@ -127,6 +160,7 @@ def _candidates(
                 encoder.can_compensate(w.name),
                 scaled.get(w.name),
                 columns.get(w.name),
+                opset,
             )
             for w in weights
         ]
@@ -137,9 +171,11 @@ def _candidates(
             for e in pair_encodings:
                 encoder.add(e)
             t.options = lower_hull(t.options + pair_opts)
+            t.smaller_in_ram = lower_hull(t.smaller_in_ram + [o for o in pair_opts if o.ram < sizes[t.site.name]])
     if not low_bits:
         for t in tensors:
             t.options = lower_hull([o for o in t.options if _allowed_below_opset_11(o.choice)])
+            t.smaller_in_ram = lower_hull([o for o in t.smaller_in_ram if _allowed_below_opset_11(o.choice)])
     return tensors
 
 
@@ -177,10 +213,12 @@ def _weigh(
         encoder.covariance[n].keep_factor_only()
     for t in tensors:
         g, r = gains.get(t.site.name, 1.0), ratios.get(t.site.name, 1.0)
-        t.options = [
-            replace(o, distortion=o.distortion * g * (r if isinstance(o.choice, AsCodebook) else 1.0)) for o in t.options
-        ]
-        t.options = lower_hull(t.options)
+        for field in ("options", "smaller_in_ram"):
+            scaled = [
+                replace(o, distortion=o.distortion * g * (r if isinstance(o.choice, AsCodebook) else 1.0))
+                for o in getattr(t, field)
+            ]
+            setattr(t, field, lower_hull(scaled))
 
 
 class _Measure:
@@ -222,8 +260,10 @@ def _run_built(model: onnx.ModelProto, calib: Calibration) -> list[list[np.ndarr
 
 
 def _meet_error(
-    plans: list[Plan], tensors: list[TensorOptions], plan_o: PlanOptions, measure: _Measure, trace: PlanTrace
+    plans: list[Plan], tensors: list[TensorOptions], plan_o: PlanOptions, measure: _Measure, trace: PlanTrace, held: str = ""
 ) -> tuple[str, Plan]:
+    """The smallest plan measured within --max-error, confirmed on the built model; `held` says
+    what restricted the plans (--max-ram), for the error."""
     assert plan_o.max_error is not None
     metric = plan_o.metric if isinstance(plan_o.metric, str) else "your metric"
     target = f"--max-error {plan_o.max_error:g} ({metric})"
@@ -238,7 +278,8 @@ def _meet_error(
         tried = min((e for _, e in trace.evaluations), default=float("nan"))
         raise TargetError(
             f"cannot meet {target}: the most faithful plan that still compresses something measured {tried:.3g} on "
-            "these inputs; raise --max-error, or pass --include/--exclude to keep sensitive tensors out"
+            f"these inputs{held}; raise --max-error{', or --max-ram' if held else ''}, or pass --include/--exclude to keep "
+            "sensitive tensors out"
         )
     best.measured = built
     return target, best

@@ -1,0 +1,136 @@
+"""Lookup tables that stay packed in RAM: a table read only by Gather keeps its codebook
+indices as rows, and each lookup gathers the packed rows by the runtime ids and decodes only
+those. Nothing here reads only constants, so onnxruntime folds nothing: once loaded the table
+holds its bits per value, not the 4 bytes per value a decoder folded at load leaves behind
+(MiniLM's word embedding: 12.1 MB instead of 47 MB, and the same outputs to the bit).
+
+Per lookup Gather(table, ids) -> Y, with P packed bytes per row:
+    Gather(rows [n, P] or [n, P, 1], ids)          the looked-up rows, still packed
+    BitShift left, right (when bits < 8)           [.., P, 8/bits] -> Reshape [.., P*8/bits], Slice
+    Cast INT32                                     the levels' indices
+    Add the channel's first level (per channel)    columns: one offset per column; rows: gathered by ids
+    Gather(levels, indices)                        the values
+    Mul by the scale (layout "scaled")             per column, or per row gathered by ids
+    Cast to the table's type (when it differs)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..encoding.codebook import Codebook
+from ..io.select import WeightSite
+
+# Widths whose values pack whole into a byte; other widths fold at load as every codebook does.
+LOOKUP_BITS = (1, 2, 4, 8)
+# Slice with starts/ends as inputs and BitShift: opset 11.
+LOOKUP_OPSET = 11
+
+
+def stays_packed(site: WeightSite, bits: int, layout: str, opset: int) -> bool:
+    """Whether a codebook of this width and layout for `site` is decoded after each lookup
+    (and stays packed in RAM): a 2-D initializer read only by main-graph Gathers along axis 0,
+    at a width that packs whole into bytes, in one of the layouts a row lookup can decode."""
+    lookups = bool(site.consumers) and all(
+        c.op_type == "Gather" and c.input_index == 0 and not c.in_subgraph and c.attrs.get("axis", 0) == 0 for c in site.consumers
+    )
+    return (
+        lookups
+        and site.location == "initializer"
+        and site.array.ndim == 2
+        and bits in LOOKUP_BITS
+        and layout in ("tensor", "scaled", "channel")
+        and opset >= LOOKUP_OPSET
+    )
+
+
+def packed_rows(codes: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 codes [n, cols] -> [n, P] bytes, 8/bits codes per byte in element order, the first
+    in the low bits (row j's byte i holds codes i*8/bits ... of row j); rows padded with zeros."""
+    per_byte = 8 // bits
+    n, cols = codes.shape
+    width = -(-cols // per_byte)
+    padded = np.zeros((n, width * per_byte), dtype=np.uint8)
+    padded[:, :cols] = codes
+    groups = padded.reshape(n, width, per_byte).astype(np.uint16)
+    out = np.zeros((n, width), dtype=np.uint16)
+    for j in range(per_byte):
+        out |= groups[:, :, j] << (j * bits)
+    return out.astype(np.uint8)
+
+
+def row_codes(cb: Codebook) -> np.ndarray:
+    """The codebook's labels as the table's rows, [n, cols]."""
+    if cb.layout == "channel" and cb.axis == 1:
+        return np.ascontiguousarray(cb.labels.T)
+    return cb.labels.reshape(cb.shape)
+
+
+def replace_lookups(graph: gs.Graph, table: gs.Tensor, cb: Codebook, name: str, onnx_dtype: int) -> None:
+    """Replaces each Gather of `table` in `graph` by the packed lookup above, in place."""
+    consts = _constants(cb, name)
+    for gather in [n for n in graph.nodes if n.op == "Gather" and n.inputs and n.inputs[0] is table]:
+        nodes = _decode_after(gather, cb, consts, onnx_dtype)
+        at = graph.nodes.index(gather)
+        gather.outputs.clear()
+        graph.nodes[at : at + 1] = nodes
+
+
+def _constants(cb: Codebook, name: str) -> dict[str, gs.Constant]:
+    """The packed rows, levels, offsets and scales, shared by every lookup of the table."""
+    rows, k = cb.shape[0], cb.k
+    packed = row_codes(cb) if cb.bits == 8 else packed_rows(row_codes(cb), cb.bits)[:, :, None]
+    out = {"rows": gs.Constant(f"{name}::rows", np.ascontiguousarray(packed))}
+    out["levels"] = gs.Constant(f"{name}::codebook", np.ascontiguousarray(cb.centroids.reshape(-1)))
+    if cb.layout == "channel" and cb.axis == 1:
+        out["offsets"] = gs.Constant(f"{name}::column_first_level", (np.arange(cb.shape[1], dtype=np.int32) * k))
+    elif cb.layout == "channel":
+        out["offsets"] = gs.Constant(f"{name}::row_first_level", (np.arange(rows, dtype=np.int32) * k).reshape(rows, 1))
+    if cb.scale is not None:
+        scale = cb.scale.reshape(rows, 1) if cb.axis == 0 else cb.scale.reshape(-1)
+        out["scale"] = gs.Constant(f"{name}::scale", np.ascontiguousarray(scale))
+    return out
+
+
+def _decode_after(gather: gs.Node, cb: Codebook, consts: dict[str, gs.Constant], onnx_dtype: int) -> list[gs.Node]:
+    """The nodes that compute `gather`'s output from the packed rows at its ids."""
+    ids, out = gather.inputs[1], gather.outputs[0]
+    nodes: list[gs.Node] = []
+
+    def add(op: str, inputs: list, **attrs) -> gs.Variable:
+        result = gs.Variable(f"{out.name}::{op.lower()}.{len(nodes)}")
+        nodes.append(gs.Node(op, f"{out.name}::lookup.{op}.{len(nodes)}", attrs, list(inputs), [result]))
+        return result
+
+    def const(what: str, values: np.ndarray) -> gs.Constant:
+        return gs.Constant(f"{out.name}::{what}", np.ascontiguousarray(values))
+
+    x = add("Gather", [consts["rows"], ids], axis=0)
+    if cb.bits < 8:
+        per_byte, cols = 8 // cb.bits, cb.shape[1]
+        lefts = np.array([8 - cb.bits * (j + 1) for j in range(per_byte)], dtype=np.uint8)
+        x = add("BitShift", [x, const("shl", lefts)], direction="LEFT")
+        x = add("BitShift", [x, const("shr", np.array([8 - cb.bits], dtype=np.uint8))], direction="RIGHT")
+        width = -(-cols // per_byte) * per_byte
+        shape = add("Concat", [add("Shape", [ids]), const("width", np.array([width], dtype=np.int64))], axis=0)
+        x = add("Reshape", [x, shape])
+        if width != cols:
+            ends = [const("start", np.array([0], dtype=np.int64)), const("cols", np.array([cols], dtype=np.int64))]
+            x = add("Slice", [x, *ends, const("last", np.array([-1], dtype=np.int64))])
+    x = add("Cast", [x], to=onnx.TensorProto.INT32)
+    if "offsets" in consts:
+        first = consts["offsets"] if cb.axis == 1 else add("Gather", [consts["offsets"], ids], axis=0)
+        x = add("Add", [x, first])
+    x = add("Gather", [consts["levels"], x], axis=0)
+    if cb.scale is not None:
+        if cb.centroids.dtype != cb.scale.dtype:
+            x = add("Cast", [x], to=onnx.helper.np_dtype_to_tensor_dtype(cb.scale.dtype))
+        scale = consts["scale"] if cb.axis == 1 else add("Gather", [consts["scale"], ids], axis=0)
+        x = add("Mul", [x, scale])
+    values_type = cb.centroids.dtype if cb.scale is None else cb.scale.dtype
+    if onnx.helper.np_dtype_to_tensor_dtype(values_type) != onnx_dtype:
+        add("Cast", [x], to=onnx_dtype)
+    nodes[-1].outputs = [out]
+    return nodes
