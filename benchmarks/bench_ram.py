@@ -1,0 +1,217 @@
+"""Issue 20's `--max-ram` on MiniLM: what each way of storing the weights holds in RAM after
+load and a run, its latency and its task result, in fresh processes.
+
+- the original, and this tool's plans: `--max-error 0.01`, the same with `--max-ram 65%`, and
+  `--max-ram 30%` (refused: the least RAM its options allow is printed);
+- the bound for what this tool does not build: every MatMul weight as a blocked
+  DequantizeLinear (opset 21, INT8 or INT4, absmax blocks of 32 along the reduction axis), which
+  onnxruntime runs as MatMulNBits with the weight packed, the lookup tables packed as the plan
+  packs them. Measured at the session's default MatMulNBits accuracy (level 4 in onnxruntime
+  1.32: the activations are quantized to int8 too) and at level 0 (float compute), with the
+  session option `session.qdq_matmulnbits_accuracy_level`.
+
+Each model runs in a fresh process with one thread: VmHWM once loaded, VmRSS after a run on all
+64 sentences and about 2 s of runs on 8 of them, the median latency of those, and the outputs on
+all 64 for the task (harness.task_result) and the tool's measure (the worst token vector's and
+sentence embedding's change of direction, what `--max-error` bounds).
+
+    python benchmarks/bench_ram.py [--cache DIR]
+
+Writes benchmarks/results/ram.md and ram.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from harness import DEFAULT_CACHE, LATENCY_SLICE, MISSING, model_inputs, task_result, write_json
+from onnx import helper, numpy_helper, version_converter
+
+import onnxcompress as oc
+
+RESULTS = Path(__file__).parent / "results"
+BLOCK = 32
+ORIGINAL = "original"
+
+PROBE = """
+import json, sys, time
+import numpy as np, onnxruntime as ort
+def status(key):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
+path, feed_path, out_path, level = sys.argv[1:5]
+feed = dict(np.load(feed_path))
+part = {k: v[:int(sys.argv[5])] for k, v in feed.items()}
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.log_severity_level = 3
+if level != "default":
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", level)
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+peak = status("VmHWM")
+outputs = session.run(None, feed)
+np.savez(out_path, **{o.name: v for o, v in zip(session.get_outputs(), outputs)})
+times, end = [], time.perf_counter() + 2.0
+while time.perf_counter() < end or len(times) < 5:
+    t0 = time.perf_counter(); session.run(None, part); times.append(time.perf_counter() - t0)
+print(json.dumps({"peak": peak, "rss": status("VmRSS"), "ms": 1e3 * float(np.median(times)), "ort": ort.__version__}))
+"""
+
+
+def blocked(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
+    """Every 2-D float weight read only as a MatMul's right operand, as DequantizeLinear from
+    signed `bits`-bit integers with one float32 scale per block of BLOCK values along the
+    reduction axis (absmax: the largest magnitude maps to 2^(bits-1) - 1)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    readers: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node.op_type, i))
+    front, keep = [], []
+    qmax = (1 << (bits - 1)) - 1
+    for t in graph.initializer:
+        a = numpy_helper.to_array(t)
+        uses = readers.get(t.name, [])
+        products = bool(uses) and all(use == ("MatMul", 1) for use in uses)
+        if t.data_type != onnx.TensorProto.FLOAT or a.ndim != 2 or a.shape[0] % BLOCK or not products:
+            keep.append(t)
+            continue
+        k, n = a.shape
+        blocks = a.reshape(k // BLOCK, BLOCK, n)
+        scale = np.abs(blocks).max(axis=1) / qmax
+        scale[scale == 0] = 1.0
+        q = np.clip(np.round(blocks / scale[:, None, :]), -qmax - 1, qmax).astype(np.int8).reshape(k, n)
+        if bits == 8:
+            values = numpy_helper.from_array(q, t.name + "::q")
+        else:  # two signed nibbles a byte, the first in the low bits
+            flat = (q.reshape(-1) & 0x0F).astype(np.uint8)
+            packed = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+            values = helper.make_tensor(t.name + "::q", onnx.TensorProto.INT4, [k, n], packed.tobytes(), raw=True)
+        keep += [values, numpy_helper.from_array(scale.astype(np.float32), t.name + "::scale")]
+        front.append(helper.make_node("DequantizeLinear", [values.name, t.name + "::scale"], [t.name], axis=0, block_size=BLOCK))
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(front + nodes)
+    return out
+
+
+def run(path: Path, feed: Path, out: Path, level: str = "default") -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(path), str(feed), str(out), level, str(LATENCY_SLICE["minilm_l6"])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def directions(ref: dict, got: dict) -> dict[str, float]:
+    """Each output's worst row's change of direction, sqrt(2 (1 - cos)): the tool's measure."""
+    out = {}
+    for name, r in ref.items():
+        a = r.reshape(-1, r.shape[-1]).astype(np.float64)
+        b = got[name].reshape(-1, r.shape[-1]).astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        out[name] = math.sqrt(2 * max(0.0, 1 - float(cos.min())))
+    return out
+
+
+def cli(model: Path, feed: Path, out: Path, *flags: str) -> str | None:
+    """Runs onnxcompress as a user would; None when it wrote `out`, else its one-line refusal."""
+    args = [sys.executable, "-m", "onnxcompress", str(model), "--inputs", str(feed), "-o", str(out), "-q", *flags]
+    done = subprocess.run(args, capture_output=True, text=True)
+    return None if done.returncode == 0 else done.stderr.strip().splitlines()[-1]
+
+
+def variants(model: Path, feed: Path, folder: Path) -> tuple[dict[str, tuple[Path, str]], dict[str, str]]:
+    """name: (model file, MatMulNBits accuracy level), and the refusals by name."""
+    made: dict[str, tuple[Path, str]] = {ORIGINAL: (model, "default")}
+    refused: dict[str, str] = {}
+    for name, flags in {
+        "plan --max-error 0.01": ["--max-error", "0.01"],
+        "plan --max-error 0.01 --max-ram 65%": ["--max-error", "0.01", "--max-ram", "65%"],
+        "plan --max-error 0.01 --max-ram 30%": ["--max-error", "0.01", "--max-ram", "30%"],
+    }.items():
+        path = folder / (name.replace(" ", "_").replace("%", "") + ".onnx")
+        message = cli(model, feed, path, *flags)
+        if message:
+            refused[name] = message
+        else:
+            made[name] = (path, "default")
+    # the tables packed as the plan packs them, at opset 21 for DequantizeLinear's blocks
+    opset21 = version_converter.convert_version(onnx.load(model), 21)
+    opset21.ir_version = 10
+    tables = oc.compress(opset21, include="embeddings", max_error=0.01, calibration=str(feed), verify=False).model
+    for bits in (8, 4):
+        path = folder / f"blocked{bits}.onnx"
+        onnx.save(blocked(tables, bits), path)
+        made[f"MatMul INT{bits} blocks, tables packed (default accuracy)"] = (path, "default")
+        made[f"MatMul INT{bits} blocks, tables packed (accuracy 0)"] = (path, "0")
+    return made, refused
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if not (args.cache / "models" / "minilm_l6.onnx").exists():
+        print(f"minilm_l6 is not in {args.cache}: {MISSING}", file=sys.stderr)
+        return 2
+    model, feed, labels = model_inputs("minilm_l6", args.cache)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        feed_path = folder / "feed.npz"
+        np.savez(feed_path, **feed)
+        made, refused = variants(Path(model), feed_path, folder)
+        outputs = {}
+        for name, (path, level) in made.items():
+            m = run(path, feed_path, folder / "out.npz", level)
+            outputs[name] = dict(np.load(folder / "out.npz"))
+            rows.append({"variant": name, "mb": path.stat().st_size / 1e6, **m})
+    ref = outputs[ORIGINAL]
+    base = rows[0]
+    for r in rows:
+        r["direction"] = directions(ref, outputs[r["variant"]])
+        r["task"] = task_result("minilm_l6", Path(model), outputs[r["variant"]], ref, labels)
+        r["rss_ratio"], r["ms_ratio"] = r["rss"] / base["rss"], r["ms"] / base["ms"]
+    lines = [
+        "# Weights in RAM after load (`python benchmarks/bench_ram.py`)",
+        "",
+        f"MiniLM, onnxruntime {base['ort']}, a fresh process per row, one thread: the load peak, the RSS after a run on all 64 "
+        f"sentences and 2 s of runs on {LATENCY_SLICE['minilm_l6']}, their median latency, the tool's measure (worst row's "
+        "change of direction, token vectors / sentence embedding; `--max-error 0.01` bounds both) and the task "
+        "(harness.task_result).",
+        "",
+        "| variant | MB | load peak MiB | RSS after MiB | vs original | latency | direction (tokens / sentence) | task |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d = r["direction"]
+        lines.append(
+            f"| {r['variant']} | {r['mb']:.1f} | {r['peak']:.0f} | {r['rss']:.0f} | {r['rss_ratio']:.2f}x | "
+            f"{r['ms_ratio']:.2f}x | {d['last_hidden_state']:.4f} / {d['sentence_embedding']:.4f} | "
+            f"{'kept' if r['task']['kept'] else 'lost'}: {r['task']['summary']} |"
+        )
+    lines += ["", *[f"- {name}: refused: `{message}`" for name, message in refused.items()]]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ram.md").write_text("\n".join(lines) + "\n")
+    write_json({"rows": rows, "refused": refused}, args.out / "ram.json")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
