@@ -44,17 +44,30 @@ class AsPair:
     factor_layout: str = "tensor"
 
 
-Choice = Keep | AsFloat16 | AsCodebook | AsPair
+@dataclass(frozen=True)
+class AsBlocks:
+    """Signed `bits`-bit integers with a float scale per `block` values along the reduction
+    axis, read by a DequantizeLinear (opset 21) that onnxruntime fuses into its MatMul:
+    the weight stays packed in RAM (encoding/blocks.py). `compensate`: as AsCodebook's."""
+
+    bits: int
+    block: int = 32
+    compensate: bool = False
+
+
+Choice = Keep | AsFloat16 | AsCodebook | AsPair | AsBlocks
 
 
 def describe(choice: Choice) -> str:
-    """A choice in a few words: keep, float16, 4 channel, rank 12, rank 12 + 8 tensor."""
+    """A choice in a few words: keep, float16, 4 channel, 8 blocks:32, rank 12, rank 12 + 8 tensor."""
     if isinstance(choice, Keep):
         return "keep"
     if isinstance(choice, AsFloat16):
         return "float16"
     if isinstance(choice, AsCodebook):
         return f"{choice.bits} {choice.layout}" + (f" axis {choice.axis}" if choice.axis is not None else "")
+    if isinstance(choice, AsBlocks):
+        return f"{choice.bits} blocks:{choice.block}"
     factors = f" + {choice.factor_bits} {choice.factor_layout}" if choice.factor_bits is not None else ""
     return f"rank {choice.rank}{factors}"
 

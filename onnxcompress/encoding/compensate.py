@@ -13,6 +13,7 @@ of the k-means, so the decoders and the file format do not change; only the weig
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -100,8 +101,21 @@ def compensate(array: np.ndarray, cb: Codebook, cov: Covariance) -> Codebook:
     """`cb` with labels chosen by error-compensated rounding against `cov` (same levels); its
     method says so."""
     levels = _Levels(_levels_by_group(cb))
-    w = cov.as_rows(array.astype(np.float64)).copy()
     groups = cov.as_rows(_group_ids(cb))
+    labels = compensated_rounding(array, cov, lambda values, row: levels.nearest(values, groups[row]))
+    out = replace(cb, labels=_to_layout(cov.from_rows(labels, cb.shape), cb), method=cb.method + ", compensated")
+    out.rel_error = codebook_error(array, out)
+    return out
+
+
+Nearest = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def compensated_rounding(array: np.ndarray, cov: Covariance, nearest: Nearest) -> np.ndarray:
+    """The labels [d, n] (the weight as rows, Covariance.as_rows) of error-compensated rounding:
+    row by row, `nearest(values, row)` gives each value's label and level, and the row's
+    error moves the rows not yet rounded."""
+    w = cov.as_rows(array.astype(np.float64)).copy()
     d = w.shape[0]
     if cov.features != d:
         raise ValueError(f"covariance over {cov.features} features for a weight with {d} input features")
@@ -113,13 +127,11 @@ def compensate(array: np.ndarray, cb: Codebook, cov: Covariance) -> Codebook:
         errors = np.empty_like(block)
         for i in range(stop - start):
             row = start + i
-            labels[row], rounded = levels.nearest(block[i], groups[row])
+            labels[row], rounded = nearest(block[i], row)
             errors[i] = (block[i] - rounded) / u[row, row]
             block[i + 1 :] -= np.outer(u[row, row + 1 : stop], errors[i])
         w[stop:] -= u[start:stop, stop:].T @ errors
-    out = replace(cb, labels=_to_layout(cov.from_rows(labels, cb.shape), cb), method=cb.method + ", compensated")
-    out.rel_error = codebook_error(array, out)
-    return out
+    return labels
 
 
 def _inverse_factor(h: np.ndarray, shrinkage: float = DAMPING) -> np.ndarray:

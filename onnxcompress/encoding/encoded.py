@@ -15,7 +15,8 @@ from ..dtypes import itemsize
 from ..io.select import WeightSite
 from ..options import CodebookOptions, LowRankOptions
 from ..progress import Progress, progress_bar
-from ..recipe import AsCodebook, AsFloat16, AsPair, Choice
+from ..recipe import AsBlocks, AsCodebook, AsFloat16, AsPair, Choice
+from .blocks import Blocks, compensate_blocks, encode_blocks
 from .codebook import Codebook, encode_codebook, relative_error
 from .compensate import Covariance, compensate
 from .lowrank import LowRankPair, as_matrix, encode_lowrank, factor_sites
@@ -24,7 +25,7 @@ from .lowrank import LowRankPair, as_matrix, encode_lowrank, factor_sites
 @dataclass
 class EncodedWeight:
     """One weight as it will be stored, by its choice: a codebook, a pair (its factors plain or
-    codebooks), or float16."""
+    codebooks), integer blocks, or float16."""
 
     site: WeightSite
     choice: Choice
@@ -32,6 +33,7 @@ class EncodedWeight:
     pair: LowRankPair | None = None
     factors: list[tuple[WeightSite, Codebook]] | None = None  # the pair's factors as codebooks
     half: np.ndarray | None = None
+    blocks: Blocks | None = None
     rel_error: float = float("nan")
     seconds: float = 0.0
 
@@ -39,6 +41,8 @@ class EncodedWeight:
     def encoding(self) -> str:
         if self.half is not None:
             return "float16"
+        if self.blocks is not None:
+            return "blocks"
         if self.pair is None:
             return "codebook"
         return "lowrank+kmeans" if self.factors else "lowrank"
@@ -47,6 +51,8 @@ class EncodedWeight:
         """The weight as the compressed model computes it (the product of the decoded factors)."""
         if self.half is not None:
             return self.half.astype(np.float32)  # exactly the float16 values
+        if self.blocks is not None:
+            return self.blocks.decoded()
         if self.pair is None:
             assert self.codebook is not None
             return self.codebook.decoded()
@@ -60,6 +66,8 @@ class EncodedWeight:
     def stored_bytes(self) -> int:
         if self.half is not None:
             return int(self.half.nbytes)
+        if self.blocks is not None:
+            return self.blocks.stored_bytes()
         if self.factors:
             return sum(cb.stored_bytes() for _, cb in self.factors)
         if self.pair is not None:
@@ -121,6 +129,11 @@ class Encoder:
             if isinstance(c, AsFloat16):
                 half = site.array.astype(np.float16)
                 self.add(EncodedWeight(site, c, half=half, rel_error=relative_error(site.array, half)))
+            elif isinstance(c, AsBlocks):
+                blocks = encode_blocks(site.array, c.bits, c.block)
+                if c.compensate:
+                    blocks = compensate_blocks(site.array, blocks, self.covariance[site.name])
+                self.add(EncodedWeight(site, c, blocks=blocks, rel_error=blocks.rel_error, seconds=blocks.seconds))
             elif isinstance(c, AsPair):
                 pair = encode_lowrank(site.array, c.kind, replace(self.lowrank_o, rank=c.rank, rank_ratio=None, energy=None))
                 self.add(pair_encoding(site, pair, c, self.codebook_o))

@@ -17,8 +17,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from ..encoding.blocks import Blocks, blocks_fit
 from ..encoding.codebook import Codebook, scale_shape
 from ..errors import CompressError
+from ..io.select import WeightSite
 
 PLANE_WIDTHS = (4, 2, 1)
 # Native sub-byte index types (bits -> element type, first opset): one Cast replaces the
@@ -150,6 +152,47 @@ def build_decoder(
         b.node("Cast", [vals], attrs={"to": onnx_dtype})
     b.nodes[-1].outputs = [out]
     return b.nodes, stored
+
+
+# DequantizeLinear with blocks (block_size) and INT4: opset 21, whose models are IR 10.
+BLOCKS_OPSET = 21
+# The first onnxruntime that fuses DequantizeLinear blocks of this width into MatMulNBits and
+# keeps them packed (bench_resident.py: 1.24.4 fuses INT4, and decodes INT8 at every call).
+BLOCKS_MIN_ORT = {4: (1, 24, 4), 8: (1, 32)}
+
+
+def blocks_stay_packed(site: WeightSite, bits: int, opset: int, target_ort: tuple[int, ...]) -> bool:
+    """Whether integer blocks of this width are offered for `site`: a float32 weight read only
+    as the right operand of main-graph MatMuls, in whole blocks, in a model of opset 21 or
+    later, for a target onnxruntime that keeps them packed."""
+    products = bool(site.consumers) and all(
+        c.op_type == "MatMul" and c.input_index == 1 and not c.in_subgraph for c in site.consumers
+    )
+    return (
+        products
+        and site.onnx_dtype == onnx.TensorProto.FLOAT
+        and site.location == "initializer"
+        and blocks_fit(site.array.shape)
+        and opset >= BLOCKS_OPSET
+        and tuple(target_ort) >= BLOCKS_MIN_ORT[bits]
+    )
+
+
+def build_block_decoder(blocks: Blocks, name: str, out: gs.Variable) -> tuple[list[gs.Node], str]:
+    """One DequantizeLinear from the integer blocks (INT8, or INT4 two to a byte, the first
+    in the low bits) and their float32 scales to `out`, and how the values are stored.
+    onnxruntime fuses it with the MatMul that reads `out` (MatMulNBits) and keeps it packed."""
+    b = _Builder(name)
+    if blocks.bits == 8:
+        values = b.const("blocks", blocks.values)
+    else:
+        nibbles = (blocks.values.reshape(-1) & 0x0F).astype(np.uint8)
+        packed = pack_little_end(nibbles, 4)
+        values = b.proto_const("blocks", onnx.helper.make_tensor("", onnx.TensorProto.INT4, blocks.shape, packed, raw=True))
+    scale = b.const("scale", blocks.scale)
+    b.node("DequantizeLinear", [values, scale], attrs={"axis": 0, "block_size": blocks.block})
+    b.nodes[-1].outputs = [out]
+    return b.nodes, f"int{blocks.bits} blocks"
 
 
 def _unpack(b: _Builder, flat: np.ndarray, bits: int, shape: tuple[int, ...], in_uint8: bool) -> gs.Variable:

@@ -15,10 +15,11 @@ import onnx_graphsurgeon as gs
 
 from .._version import __version__
 from ..dtypes import numpy_dtype
+from ..encoding.blocks import Blocks
 from ..encoding.codebook import Codebook
 from ..io.load import bodies
 from ..io.select import WeightSite
-from .decode import build_decoder
+from .decode import build_block_decoder, build_decoder
 from .lookup import replace_lookups, stays_packed
 
 
@@ -31,7 +32,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def rewrite_graph(
     model: onnx.ModelProto,
-    encoded: list[tuple[WeightSite, Codebook]],
+    encoded: list[tuple[WeightSite, Codebook | Blocks]],
     target_ort: tuple[int, ...] = (1, 16),
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The rewritten model, and how each weight's indices are stored (see build_decoder; "rows"
@@ -44,7 +45,7 @@ def rewrite_graph(
     decoders: list[gs.Node] = []
     stored: dict[str, str] = {}
     for site, cb in encoded:
-        if stays_packed(site, cb.bits, cb.layout, opset) and site.name not in outputs:
+        if isinstance(cb, Codebook) and stays_packed(site, cb.bits, cb.layout, opset) and site.name not in outputs:
             replace_lookups(graph, tensors[site.name][0], cb, site.name, site.onnx_dtype)
             stored[site.name] = "rows"
             continue
@@ -64,7 +65,10 @@ def rewrite_graph(
                         if t is old:
                             consumer.inputs[i] = out
                 graph.outputs = [out if t is old else t for t in graph.outputs]
-        nodes, stored[site.name] = build_decoder(cb, site.name, out, site.onnx_dtype, opset, target_ort)
+        if isinstance(cb, Blocks):
+            nodes, stored[site.name] = build_block_decoder(cb, site.name, out)
+        else:
+            nodes, stored[site.name] = build_decoder(cb, site.name, out, site.onnx_dtype, opset, target_ort)
         decoders += nodes
     graph.nodes = decoders + list(graph.nodes)
     result = gs.export_onnx(graph, do_type_check=False)

@@ -9,6 +9,8 @@ from functools import partial
 
 import onnx
 
+from ..encoding.blocks import Blocks
+from ..encoding.codebook import Codebook
 from ..encoding.encoded import EncodedWeight, Encoder
 from ..graph.rewrite import default_opset, rewrite_casts, rewrite_graph
 from ..graph.rewrite_lowrank import rewrite_pairs
@@ -43,8 +45,9 @@ def assemble(
     """The rewritten model, and how each codebook's indices are stored, by weight name."""
     pairs = [(e.site, e.pair) for e in encoded if e.pair is not None]
     out = rewrite_pairs(model, pairs, default_opset(model)) if pairs else model
-    codebooks = [(e.site, e.codebook) for e in encoded if e.codebook is not None]
+    codebooks: list[tuple[WeightSite, Codebook | Blocks]] = [(e.site, e.codebook) for e in encoded if e.codebook is not None]
     codebooks += [factor for e in encoded for factor in e.factors or []]
+    codebooks += [(e.site, e.blocks) for e in encoded if e.blocks is not None]
     stored: dict[str, str] = {}
     if codebooks:
         out, stored = rewrite_graph(out, codebooks, target_ort)

@@ -22,7 +22,7 @@ class TensorReport:
     name: str
     shape: list[int]
     consumers: list[str]
-    encoding: str  # codebook, lowrank or lowrank+kmeans
+    encoding: str  # codebook, lowrank, lowrank+kmeans, blocks or float16
     bits: int | None  # codebook bits (of the factors under lowrank+kmeans); None for a float pair
     layout: str | None  # tensor, channel or group:N
     method: str | None  # k-means: exact or binned
@@ -32,7 +32,7 @@ class TensorReport:
     bytes_after: int  # packed indices plus codebooks, or the two factors
     rel_error: float  # ||W - W'|| / ||W||
     seconds: float
-    indices: str | None = "uint8"  # how the indices are stored: uint8, planes, uint4 or uint2
+    indices: str | None = "uint8"  # how the indices are stored: uint8, planes, uint4, uint2, rows (lookup.py), int8/int4 blocks
     macs_before: int = 0  # multiply-adds per output row or position of its consumers (0 for a Gather)
     macs_after: int = 0
     note: str = ""  # why it took another encoding than asked for
@@ -57,9 +57,9 @@ class TensorReport:
             shape=list(site.array.shape),
             consumers=site.consumer_ops,
             encoding=e.encoding,
-            bits=first.bits if first else None,
-            layout=_layout(first, site) if first else None,
-            method=first.method if first else None,
+            bits=first.bits if first else e.blocks.bits if e.blocks else None,
+            layout=_layout(first, site) if first else f"blocks:{e.blocks.block}" if e.blocks else None,
+            method=first.method if first else e.blocks.method if e.blocks else None,
             rank=e.pair.rank if e.pair is not None else None,
             full_rank=e.pair.full_rank if e.pair is not None else None,
             bytes_before=weight_bytes(site),
@@ -84,7 +84,7 @@ class TensorReport:
 
 def ram_after(e: EncodedWeight, stored: dict[str, str]) -> int:
     """What onnxruntime holds for an encoded weight once loaded (see TensorReport.ram_after)."""
-    if stored.get(e.site.name) == "rows":
+    if stored.get(e.site.name) == "rows" or e.blocks is not None:
         return e.stored_bytes()
     if e.pair is not None:
         return e.pair.stored_bytes()
@@ -164,7 +164,7 @@ class Report:
             console.print(
                 f"in RAM once onnxruntime has loaded the model, these weights take {human(after)} (before: {human(before)}): "
                 "codebooks and float16 are decoded to the weight's type at load; only lookup tables (decoded after each "
-                "lookup) and low-rank pairs stay smaller",
+                "lookup), integer blocks and low-rank pairs stay smaller",
                 markup=False,
                 highlight=False,
             )

@@ -212,7 +212,15 @@ def decide(p: Prepared, s: Settings, selection: Selection, ref: Reference, measu
         gain_metric = "task-smooth" if s.plan.metric == "task" else "rel-l2"
         calib = Calibration(ref.feeds, ref.outputs, metric, ref.names, ref.kinds, ref.fed_back, gain_metric)
         recipe, planned = make_plan(
-            p.source, selection.weights, s.plan, calib, p.loaded.file_bytes, encoder, lambda r: builder(r).model, progress
+            p.source,
+            selection.weights,
+            s.plan,
+            calib,
+            p.loaded.file_bytes,
+            encoder,
+            lambda r: builder(r).model,
+            progress,
+            s.target.ort_version(),
         )
     encoder.keep_only(recipe.encoded())
     return Decision(recipe, planned, builder)
@@ -369,6 +377,8 @@ def _metadata(e: EncodedWeight, stored: dict[str, str]) -> dict:
 
     if e.half is not None:
         return {"dtype": "float16"}
+    if e.blocks is not None:
+        return {"bits": e.blocks.bits, "block": e.blocks.block, "values": stored[e.site.name]}
     if e.pair is None:
         assert e.codebook is not None
         return codebook(e.site.name, e.codebook)

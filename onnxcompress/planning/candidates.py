@@ -12,6 +12,7 @@ import numpy as np
 from ..encoding.codebook import Codebook, channel_rows, codebook_size, per_tensor_widths, storage_dtype, weighted_sse
 from ..encoding.encoded import EncodedWeight, pair_encoding
 from ..encoding.kmeans import kmeans1d_batched
+from ..encoding.blocks import encode_blocks
 from ..graph.lookup import stays_packed
 from ..encoding.lowrank import (
     as_matrix,
@@ -24,7 +25,7 @@ from ..encoding.lowrank import (
 )
 from ..io.select import WeightSite
 from ..options import CodebookOptions, LowRankOptions
-from ..recipe import AsCodebook, AsFloat16, AsPair, Keep
+from ..recipe import AsBlocks, AsCodebook, AsFloat16, AsPair, Keep
 from .ladder import Option, TensorOptions, lower_hull
 
 # What a codebook's decode nodes cost in the file beyond indices and centroids (names, shapes,
@@ -60,13 +61,15 @@ def tensor_options(
     scaled: Codebook | None = None,
     long_channels: Codebook | None = None,
     opset: int = 11,
+    block_bits: tuple[int, ...] = (),
 ) -> TensorOptions:
     """Every option's bytes and distortion for one weight; `curve`: the (weighted) SSE of its
     best per-tensor clustering for 1..256 levels (Codebook.sse_by_k of its 8-bit codebook), and
     `scaled`'s the same over values scaled per channel (its 8-bit "scaled" codebook), and
     `long_channels`'s summed over its channels (its 8-bit codebook per long channel, see
     long_channel_choice); `compensate`: its codebooks will be compensated (the planner scales
-    their distortion); `opset`: the model's, for which codebooks stay packed in RAM."""
+    their distortion); `opset`: the model's, for which codebooks stay packed in RAM; `block_bits`:
+    the widths of integer blocks onnxruntime keeps packed for it (runtime/fusion.py)."""
     a = site.array
     if importance is not None and not importance.any():
         importance = None  # no value matters on the calibration inputs: clustered plainly (codebook.py)
@@ -97,15 +100,20 @@ def tensor_options(
             options.append(Option(AsCodebook(bits, "channel", compensate), size, max(float(by_k[k - 1]), 0.0) / norm))
     if long_channels is not None and long_channels.sse_by_k is not None:
         options += _long_channel_options(site, long_channels, compensate, norm, entry, {o.choice for o in options})
+    for bits in block_bits:
+        blocks = encode_blocks(a, bits)
+        distortion = weighted_sse(a, blocks.decoded(), importance) / norm
+        options.append(Option(AsBlocks(bits, blocks.block, compensate), blocks.stored_bytes() + DECODER_BYTES, distortion))
     options = [replace(o, ram=_ram(site, o, original_bytes, opset)) for o in options]
     return TensorOptions(site, lower_hull(options), lower_hull([o for o in options if o.ram < original_bytes]))
 
 
 def _ram(site: WeightSite, o: Option, original_bytes: int, opset: int) -> int:
     """What onnxruntime holds for the weight stored as `o` once loaded: a codebook of a lookup
-    table decoded after the lookup its file bytes, every other option the weight itself."""
+    table decoded after the lookup, or integer blocks (offered only where they stay packed),
+    its file bytes; every other option the weight itself."""
     c = o.choice
-    if isinstance(c, AsCodebook) and stays_packed(site, c.bits, c.layout, opset):
+    if isinstance(c, AsBlocks) or (isinstance(c, AsCodebook) and stays_packed(site, c.bits, c.layout, opset)):
         return o.bytes - DECODER_BYTES
     return original_bytes
 

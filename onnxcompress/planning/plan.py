@@ -23,6 +23,8 @@ from ..encoding.codebook import Codebook
 from ..encoding.compensate import compensate
 from ..encoding.encoded import EncodedWeight, Encoder, weight_bytes
 from ..errors import TargetError, VerificationError
+from ..encoding.blocks import BLOCK_BITS
+from ..graph.decode import BLOCKS_MIN_ORT, BLOCKS_OPSET, blocks_stay_packed
 from ..graph.rewrite import default_opset
 from ..io.load import tensor_bytes
 from ..io.select import WeightSite
@@ -30,6 +32,7 @@ from ..memory import release_free_heap
 from ..options import PlanOptions
 from ..progress import Progress
 from ..recipe import AsCodebook, AsFloat16, Keep, Recipe
+from ..runtime.fusion import fused_blocks
 from ..runtime.sequence import run_twice
 from ..runtime.verify import run, session
 from .candidates import DECODER_BYTES, long_channel_choice, pair_options, tensor_options
@@ -55,6 +58,7 @@ def make_plan(
     encoder: Encoder,
     build: Build,
     progress: Progress = False,
+    target_ort: tuple[int, ...] = (1, 16),
 ) -> tuple[Recipe, dict]:
     """The recipe that meets the target, and what the search did (for the report). Codebooks
     weigh by the encoder's importances, and those of a weight with a covariance compensate.
@@ -71,7 +75,8 @@ def make_plan(
     scaled = {e.site.name: e.codebook for e in encoder.encode(scalable, progress)}
     long = [(w, c) for w in weights if low_bits and (c := long_channel_choice(w)) is not None]
     columns = {e.site.name: e.codebook for e in encoder.encode(long, progress)}
-    tensors = _candidates(weights, eight, scaled, columns, sizes, default_opset(source), encoder)
+    block_bits = _block_widths(source, weights, target_ort)
+    tensors = _candidates(weights, eight, scaled, columns, sizes, default_opset(source), encoder, block_bits)
     release_free_heap()  # the spectra and per-channel runs just freed
     try:
         probe: Probe | None = Probe(source, weights)
@@ -79,7 +84,9 @@ def make_plan(
         probe = None
     _weigh(tensors, weights, eight, encoder, probe, calib)
     release_free_heap()
-    ram = _hold_to_ram(tensors, plan_o, tensor_bytes(source), sum(sizes.values()))
+    products = any(c.op_type == "MatMul" for w in weights for c in w.consumers)
+    newer = products and (default_opset(source) < BLOCKS_OPSET or tuple(target_ort) < BLOCKS_MIN_ORT[4])
+    ram = _hold_to_ram(tensors, plan_o, tensor_bytes(source), sum(sizes.values()), newer)
     plans = ladder(tensors)
     measure = _Measure(weights, encoder, calib, probe, build, progress)
     del probe  # the measure owns it, and lets it go before the chosen plan is confirmed
@@ -113,9 +120,10 @@ def make_plan(
     return best.recipe(), info
 
 
-def _hold_to_ram(tensors: list[TensorOptions], plan_o: PlanOptions, original: int, selected: int) -> dict:
+def _hold_to_ram(tensors: list[TensorOptions], plan_o: PlanOptions, original: int, selected: int, newer: bool) -> dict:
     """Holds the tensors to --max-ram (ladder.hold_to_ram); what the report needs of it, or {}
-    without one. Raises TargetError when even the least RAM the options allow is over."""
+    without one. Raises TargetError when even the least RAM the options allow is over, saying
+    so when MatMul weights could stay packed at a `newer` opset and onnxruntime."""
     budget = plan_o.ram_budget(original)
     if budget is None:
         return {}
@@ -129,8 +137,9 @@ def _hold_to_ram(tensors: list[TensorOptions], plan_o: PlanOptions, original: in
         least = other + least_ram(tensors)
         raise TargetError(
             f"cannot meet --max-ram {plan_o.max_ram} ({budget / 1e6:.3g} MB): the weights onnxruntime holds once loaded "
-            f"come to at least {least / 1e6:.3g} MB ({least / original:.0%} of the original's), since only lookup tables "
-            "read by Gather and low-rank pairs stay smaller than float in RAM; raise --max-ram"
+            f"come to at least {least / 1e6:.3g} MB ({least / original:.0%} of the original's), since only lookup tables, "
+            "low-rank pairs and integer blocks before a MatMul stay smaller than float in RAM; raise --max-ram"
+            + (", or pass --opset 21 --target-ort 1.32 to let MatMul weights stay packed as integer blocks" if newer else "")
         )
     return {"budget": budget, "original": original, "other": other}
 
@@ -143,6 +152,7 @@ def _candidates(
     sizes: dict[str, int],
     opset: int,
     encoder: Encoder,
+    block_bits: dict[str, tuple[int, ...]],
 ) -> list[TensorOptions]:
     """Each tensor's options on all cores; the pairs' encodings go to the encoder. Below opset
     11 only 8 bits per tensor and float16 (pairs of 8-bit codebooks need the same opset)."""
@@ -161,6 +171,7 @@ def _candidates(
                 scaled.get(w.name),
                 columns.get(w.name),
                 opset,
+                block_bits.get(w.name, ()),
             )
             for w in weights
         ]
@@ -177,6 +188,18 @@ def _candidates(
             t.options = lower_hull([o for o in t.options if _allowed_below_opset_11(o.choice)])
             t.smaller_in_ram = lower_hull([o for o in t.smaller_in_ram if _allowed_below_opset_11(o.choice)])
     return tensors
+
+
+def _block_widths(source: onnx.ModelProto, weights: list[WeightSite], target_ort: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Per weight, the widths of integer blocks offered: those the target onnxruntime would keep
+    packed (decode.blocks_stay_packed) and this one does fuse in this graph (runtime/fusion.py)."""
+    opset = default_opset(source)
+    out: dict[str, tuple[int, ...]] = {}
+    for bits in BLOCK_BITS:
+        fused = fused_blocks(source, [w for w in weights if blocks_stay_packed(w, bits, opset, target_ort)], bits)
+        for name in fused:
+            out[name] = (*out.get(name, ()), bits)
+    return out
 
 
 def _allowed_below_opset_11(choice) -> bool:
@@ -215,7 +238,7 @@ def _weigh(
         g, r = gains.get(t.site.name, 1.0), ratios.get(t.site.name, 1.0)
         for field in ("options", "smaller_in_ram"):
             scaled = [
-                replace(o, distortion=o.distortion * g * (r if isinstance(o.choice, AsCodebook) else 1.0))
+                replace(o, distortion=o.distortion * g * (r if getattr(o.choice, "compensate", False) else 1.0))
                 for o in getattr(t, field)
             ]
             setattr(t, field, lower_hull(scaled))
@@ -269,13 +292,17 @@ def _meet_error(
     target = f"--max-error {plan_o.max_error:g} ({metric})"
     best = search_error(plans, plan_o.max_error, measure, trace, tensors)
     measure.probe = None  # from here on every plan is built; its session held a copy of the weights
-    # the probe runs without onnxruntime's constant-weight fusions: confirm on the built
-    # model, and step up the ladder in the rare case rounding puts it over the target
+    # the probe runs without onnxruntime's fusions (constant weights; integer blocks, whose
+    # MatMulNBits quantizes the activations too): confirm on the built model, and step up the
+    # ladder when that puts it over the target
+    built_errors: list[float] = []
     while best is not None and (built := measure.built(best.recipe())) > plan_o.max_error:
+        built_errors.append(built)
         larger = [p for p in plans if p.bytes > best.bytes and p.compressed()]
         best = min(larger, key=lambda p: p.bytes) if larger else None
     if best is None:
-        tried = min((e for _, e in trace.evaluations), default=float("nan"))
+        # what the built models measured, when any was built: the probe's can be lower
+        tried = min(built_errors or [e for _, e in trace.evaluations], default=float("nan"))
         raise TargetError(
             f"cannot meet {target}: the most faithful plan that still compresses something measured {tried:.3g} on "
             f"these inputs{held}; raise --max-error{', or --max-ram' if held else ''}, or pass --include/--exclude to keep "
