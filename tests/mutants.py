@@ -281,6 +281,62 @@ MUTANTS = [
         "d = 1",
         ("tests/test_memory.py", "tests/test_compensate.py"),
     ),
+    Mutant(
+        "lookup tables: the columns' levels offset by k - 1",
+        "onnxcompress/graph/lookup.py",
+        'out["offsets"] = gs.Constant(f"{name}::column_first_level", (np.arange(cb.shape[1], dtype=np.int32) * k))',
+        'out["offsets"] = gs.Constant(f"{name}::column_first_level", (np.arange(cb.shape[1], dtype=np.int32) * (k - 1)))',
+        ("tests/test_lookup.py",),
+    ),
+    Mutant(
+        "lookup tables: 3-bit rows packed as if whole in a byte",
+        "onnxcompress/graph/lookup.py",
+        "LOOKUP_BITS = (1, 2, 4, 8)",
+        "LOOKUP_BITS = (1, 2, 3, 4, 8)",
+        ("tests/test_lookup.py",),
+    ),
+    Mutant(
+        "--max-ram: a held tensor counted at its smallest option",
+        "onnxcompress/planning/ladder.py",
+        "        return max(o.ram for o in options)",
+        "        return min(o.ram for o in options)",
+        ("tests/test_max_ram.py",),
+    ),
+    Mutant(
+        "--max-ram alone takes the smallest plan",
+        "onnxcompress/planning/plan.py",
+        'target, best = "", plans[-1]',
+        'target, best = "", plans[0]',
+        ("tests/test_max_ram.py",),
+    ),
+    Mutant(
+        "report: a lookup table's RAM is its float size",
+        "onnxcompress/pipeline/report.py",
+        'if stored.get(e.site.name) == "rows" or e.blocks is not None:',
+        "if e.blocks is not None:",
+        ("tests/test_report.py", "tests/test_max_ram.py"),
+    ),
+    Mutant(
+        "integer blocks: INT8 offered for onnxruntime 1.24.4",
+        "onnxcompress/graph/decode.py",
+        "BLOCKS_MIN_ORT = {4: (1, 24, 4), 8: (1, 32)}",
+        "BLOCKS_MIN_ORT = {4: (1, 24, 4), 8: (1, 24, 4)}",
+        ("tests/test_blocks.py",),
+    ),
+    Mutant(
+        "integer blocks: every candidate taken as fused",
+        "onnxcompress/runtime/fusion.py",
+        'return {site.name for site in sites if not any(name.startswith(f"{site.name}::decode.") for name in left)}',
+        "return {site.name for site in sites}",
+        ("tests/test_blocks.py",),
+    ),
+    Mutant(
+        "integer blocks: the largest magnitude one step past the grid",
+        "onnxcompress/encoding/blocks.py",
+        "    top = (1 << (bits - 1)) - 1\n    grid =",
+        "    top = 1 << (bits - 1)\n    grid =",
+        ("tests/test_blocks.py",),
+    ),
 ]
 
 

@@ -8,8 +8,9 @@ Per lookup Gather(table, ids) -> Y, with P packed bytes per row:
     Gather(rows [n, P] or [n, P, 1], ids)          the looked-up rows, still packed
     BitShift left, right (when bits < 8)           [.., P, 8/bits] -> Reshape [.., P*8/bits], Slice
     Cast INT32                                     the levels' indices
-    Add the channel's first level (per channel)    columns: one offset per column; rows: gathered by ids
-    Gather(levels, indices)                        the values
+    Gather(levels, indices)                        the values; per column, indices offset to column j's
+                                                   levels first; per row, GatherElements on the
+                                                   looked-up rows' levels
     Mul by the scale (layout "scaled")             per column, or per row gathered by ids
     Cast to the table's type (when it differs)
 """
@@ -83,11 +84,11 @@ def _constants(cb: Codebook, name: str) -> dict[str, gs.Constant]:
     rows, k = cb.shape[0], cb.k
     packed = row_codes(cb) if cb.bits == 8 else packed_rows(row_codes(cb), cb.bits)[:, :, None]
     out = {"rows": gs.Constant(f"{name}::rows", np.ascontiguousarray(packed))}
-    out["levels"] = gs.Constant(f"{name}::codebook", np.ascontiguousarray(cb.centroids.reshape(-1)))
+    per_row = cb.layout == "channel" and cb.axis == 0  # [rows, k]: gathered by the ids like the rows
+    levels = cb.centroids if per_row else cb.centroids.reshape(-1)
+    out["levels"] = gs.Constant(f"{name}::codebook", np.ascontiguousarray(levels))
     if cb.layout == "channel" and cb.axis == 1:
         out["offsets"] = gs.Constant(f"{name}::column_first_level", (np.arange(cb.shape[1], dtype=np.int32) * k))
-    elif cb.layout == "channel":
-        out["offsets"] = gs.Constant(f"{name}::row_first_level", (np.arange(rows, dtype=np.int32) * k).reshape(rows, 1))
     if cb.scale is not None:
         scale = cb.scale.reshape(rows, 1) if cb.axis == 0 else cb.scale.reshape(-1)
         out["scale"] = gs.Constant(f"{name}::scale", np.ascontiguousarray(scale))
@@ -120,10 +121,12 @@ def _decode_after(gather: gs.Node, cb: Codebook, consts: dict[str, gs.Constant],
             ends = [const("start", np.array([0], dtype=np.int64)), const("cols", np.array([cols], dtype=np.int64))]
             x = add("Slice", [x, *ends, const("last", np.array([-1], dtype=np.int64))])
     x = add("Cast", [x], to=onnx.TensorProto.INT32)
-    if "offsets" in consts:
-        first = consts["offsets"] if cb.axis == 1 else add("Gather", [consts["offsets"], ids], axis=0)
-        x = add("Add", [x, first])
-    x = add("Gather", [consts["levels"], x], axis=0)
+    if cb.layout == "channel" and cb.axis == 0:  # each looked-up row's own levels, [.., k]
+        x = add("GatherElements", [add("Gather", [consts["levels"], ids], axis=0), x], axis=-1)
+    else:
+        if "offsets" in consts:  # column j's levels start at j * k in the flat codebook
+            x = add("Add", [x, consts["offsets"]])
+        x = add("Gather", [consts["levels"], x], axis=0)
     if cb.scale is not None:
         if cb.centroids.dtype != cb.scale.dtype:
             x = add("Cast", [x], to=onnx.helper.np_dtype_to_tensor_dtype(cb.scale.dtype))
