@@ -21,6 +21,7 @@ from onnxcompress.encoding.compensate import Covariance, output_distortion
 from onnxcompress.graph.decode import build_block_decoder, blocks_stay_packed
 from onnxcompress.io.select import select_weights
 from onnxcompress.options import SelectOptions
+from onnxcompress.pipeline.report import blocks_note
 
 
 @settings(max_examples=40, deadline=None)
@@ -122,6 +123,7 @@ def test_max_ram_plans_blocks_that_onnxruntime_keeps_packed(tmp_path):
         assert "MatMulNBits" in {n.op_type for n in optimized.node}
         floats = [int(np.prod(t.dims)) for t in optimized.initializer if t.data_type == TensorProto.FLOAT]
         assert max(floats) < 256 * 256 // 8  # W is not held as floats
+    assert "MatMulNBits kernel" in (blocks_note(r.report.tensors) or "")
     meta = {p.key: p.value for p in r.model.metadata_props}
     assert '"W":{"bits":8,"block":32,"values":"int8 blocks"}' in meta["onnxcompress.tensors"]
 
@@ -147,3 +149,29 @@ def test_blocks_are_offered_only_where_this_onnxruntime_fuses_them():
 def test_below_opset_21_the_refusal_says_how_to_reach_blocks():
     with pytest.raises(oc.TargetError, match="pass --opset 21 --target-ort 1.32 to let MatMul weights stay packed"):
         oc.compress(chain(17), min_elements=64, calibration=X, max_error=0.05, max_ram="40%")
+
+
+def test_the_confirmation_bisects_the_larger_plans_by_their_built_error():
+    """Where built models measure above the probe (integer blocks' activation rounding), the
+    smallest larger plan within the target is found in log2(n) builds, not one per plan, and
+    the measure's last built outputs are the chosen plan's."""
+    from onnxcompress.planning.ladder import Option, Plan
+    from onnxcompress.planning.plan import _smallest_built_within
+    from onnxcompress.recipe import AsCodebook
+
+    plans = [Plan({"W": Option(AsCodebook(1 + i % 8, "tensor", i >= 8, i))}, bytes=100 + i, distortion=0.0) for i in range(40)]
+    error_of = {i: 0.2 - 0.005 * i for i in range(40)}  # within 0.05 from plan 30 on
+    measured: list[int] = []
+
+    class Measure:
+        def built(self, recipe):
+            index = recipe.choices["W"].axis
+            measured.append(index)
+            return error_of[index]
+
+    missed: list[float] = []
+    found, error = _smallest_built_within(plans, 0.0501, Measure(), missed)
+    assert found is plans[30] and error == error_of[30]
+    assert len(measured) <= 7 and missed and all(e > 0.0501 for e in missed)
+    assert measured[-1] == 30
+    assert _smallest_built_within(plans, 0.001, Measure(), [])[0] is None

@@ -199,6 +199,8 @@ class Report:
             console.print(Text(note, style="yellow"))
         if note := over_folding_cap(self.tensors):
             console.print(Text(note, style="yellow"))
+        if note := blocks_note(self.tensors):
+            console.print(Text(note, style="yellow"))
         if self.verified_unfolded:
             console.print(
                 "verified with onnxruntime's graph optimizations off (a model over 1 GB: folding the decoders at load "
@@ -255,6 +257,19 @@ def over_folding_cap(tensors: list[TensorReport]) -> str | None:
         f"note: {listed} decode to more than onnxruntime's constant-folding cap (1 GB by default from 1.27): there "
         "they are not folded at load and decode at every call; raise the session option "
         "optimization.constant_folding_max_output_size_in_bytes to fold them"
+    )
+
+
+def blocks_note(tensors: list[TensorReport]) -> str | None:
+    """The note for integer blocks: onnxruntime runs them in MatMulNBits, which by default also
+    rounds the activations to int8 (1.32), so their error depends on the runtime's kernel."""
+    names = [r.name for r in tensors if r.encoding == "blocks"]
+    if not names:
+        return None
+    return (
+        f"note: {len(names)} weights are integer blocks, which onnxruntime runs in its MatMulNBits kernel; by default "
+        "that also rounds the activations to int8 (session option session.qdq_matmulnbits_accuracy_level), and the "
+        "errors above were measured so, in this onnxruntime: check the result in the runtime you deploy to"
     )
 
 

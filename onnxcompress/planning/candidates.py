@@ -9,11 +9,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..encoding.blocks import encode_blocks
 from ..encoding.codebook import Codebook, channel_rows, codebook_size, per_tensor_widths, storage_dtype, weighted_sse
 from ..encoding.encoded import EncodedWeight, pair_encoding
 from ..encoding.kmeans import kmeans1d_batched
-from ..encoding.blocks import encode_blocks
-from ..graph.lookup import stays_packed
 from ..encoding.lowrank import (
     as_matrix,
     break_even_rank,
@@ -23,6 +22,7 @@ from ..encoding.lowrank import (
     singular_values,
     truncated_svd,
 )
+from ..graph.lookup import stays_packed
 from ..io.select import WeightSite
 from ..options import CodebookOptions, LowRankOptions
 from ..recipe import AsBlocks, AsCodebook, AsFloat16, AsPair, Keep

@@ -19,11 +19,11 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
+from ..encoding.blocks import BLOCK_BITS
 from ..encoding.codebook import Codebook
 from ..encoding.compensate import compensate
 from ..encoding.encoded import EncodedWeight, Encoder, weight_bytes
 from ..errors import TargetError, VerificationError
-from ..encoding.blocks import BLOCK_BITS
 from ..graph.decode import BLOCKS_MIN_ORT, BLOCKS_OPSET, blocks_stay_packed
 from ..graph.rewrite import default_opset
 from ..io.load import tensor_bytes
@@ -296,13 +296,15 @@ def _meet_error(
     # MatMulNBits quantizes the activations too): confirm on the built model, and step up the
     # ladder when that puts it over the target
     built_errors: list[float] = []
-    while best is not None and (built := measure.built(best.recipe())) > plan_o.max_error:
+    if best is not None and (built := measure.built(best.recipe())) > plan_o.max_error:
         built_errors.append(built)
-        larger = [p for p in plans if p.bytes > best.bytes and p.compressed()]
-        best = min(larger, key=lambda p: p.bytes) if larger else None
+        larger = sorted((p for p in plans if p.bytes > best.bytes and p.compressed()), key=lambda p: p.bytes)
+        best, built = _smallest_built_within(larger, plan_o.max_error, measure, built_errors)
     if best is None:
-        # what the built models measured, when any was built: the probe's can be lower
-        tried = min(built_errors or [e for _, e in trace.evaluations], default=float("nan"))
+        if not built_errors:  # the probe's measures can be lower than the built model's: say what it measures
+            most = max((p for p in plans if p.compressed()), key=lambda p: p.bytes, default=None)
+            built_errors = [measure.built(most.recipe())] if most is not None else []
+        tried = min(built_errors, default=float("nan"))
         raise TargetError(
             f"cannot meet {target}: the most faithful plan that still compresses something measured {tried:.3g} on "
             f"these inputs{held}; raise --max-error{', or --max-ram' if held else ''}, or pass --include/--exclude to keep "
@@ -310,6 +312,25 @@ def _meet_error(
         )
     best.measured = built
     return target, best
+
+
+def _smallest_built_within(plans: list[Plan], limit: float, measure: _Measure, errors: list[float]) -> tuple[Plan | None, float]:
+    """The smallest of `plans` (smallest first) whose built model measures within `limit`, by
+    bisection (the error falls as plans grow), and its error; each built error joins `errors`.
+    Stepping up one plan at a time took up to one build per plan of the ladder where integer
+    blocks' activation rounding keeps every built model above the probe's estimate."""
+    lo, hi, found, last = 0, len(plans) - 1, (None, float("nan")), None
+    while lo <= hi:
+        last = (lo + hi) // 2
+        error = measure.built(plans[last].recipe())
+        if error <= limit:
+            found, hi = (plans[last], error), last - 1
+        else:
+            errors.append(error)
+            lo = last + 1
+    if found[0] is not None and found[0] is not plans[last]:  # the measure keeps the last built outputs
+        measure.built(found[0].recipe())
+    return found
 
 
 def _meet_size(
