@@ -14,6 +14,12 @@ def load_ipython_extension(ipython) -> None:  # noqa: ANN001 - IPython's shell
     load(ipython)
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the prebuilt JupyterLab extension lies, for `jupyter labextension develop .` (an
+    installed wheel puts it under share/jupyter/labextensions; setup.py)."""
+    return [{"src": "labextension", "dest": "onnxcompress-jupyter"}]
+
+
 __all__ = [
     "__version__",
     "compress",

@@ -8,96 +8,24 @@ installs them and sets ONNXCOMPRESS_BROWSER=1 so that a missing piece fails inst
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_kit import CHROMIUM, CHROMIUM_ARGS, require, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path(os.environ.get("ONNXCOMPRESS_CHROMIUM", "/usr/bin/chromium"))
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_quickstart.ipynb"
-# as the machine's notes say: without these, Chromium keeps calling hosts that are closed here
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _missing() -> str | None:
-    for module, extra in (("playwright", "browser"), ("jupyterlab", "browser")):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed: pip install -e '.[{extra}]'"
-    if not CHROMIUM.is_file():
-        return f"no Chromium at {CHROMIUM}: apt-get install chromium"
-    return None
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    missing = _missing()
-    if missing:
-        if os.environ.get("ONNXCOMPRESS_BROWSER") == "1":
-            pytest.fail(f"the browser test must run here but {missing}")
-        pytest.skip(missing)
+    require({"playwright": "browser", "jupyterlab": "browser"})
     root = tmp_path_factory.mktemp("lab")
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)  # the run saves nothing into the checkout
-    settings = root / "settings" / "@jupyterlab"
-    for plugin, values in (
-        # render every cell, in view or not; start the notebook's kernel without asking
-        ("notebook-extension/tracker", '{"windowingMode": "none", "autoStartDefaultKernel": true}'),
-        ("apputils-extension/notification", '{"fetchNews": "false", "checkForUpdates": false}'),
-    ):
-        (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
-        (settings / f"{plugin}.jupyterlab-settings").write_text(values)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    token = secrets.token_hex(16)
-    log = open(root / "jupyterlab.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-            f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=root,
-        env={**os.environ, "JUPYTER_CONFIG_DIR": str(root / "config"), "JUPYTERLAB_SETTINGS_DIR": str(root / "settings")},
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not start: {(root / 'jupyterlab.log').read_text()[-2000:]}")
-                time.sleep(0.3)
+    with serve(root) as (base, token):
         yield base, token, root
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def test_quickstart_runs_in_jupyterlab_and_the_explorer_compresses(lab, tmp_path):

@@ -48,6 +48,7 @@ def test_the_sdist_holds_what_building_needs(built):
         names = {Path(*Path(n).parts[1:]).as_posix() for n in tar.getnames()}
     assert {"native/build_kmeans.py", "native/kmeans1d.c", "native/kmeans1d.h", "setup.py", "LICENSE"} <= names
     assert "onnxcompress/examples/digits_mlp.onnx" in names
+    assert {"labextension/src/index.ts", "labextension/install.json", "onnxcompress/labextension/package.json"} <= names
 
 
 def test_the_wheel_built_from_the_sdist_is_abi3_and_holds_the_core_and_the_license(built):
@@ -60,3 +61,15 @@ def test_the_wheel_built_from_the_sdist_is_abi3_and_holds_the_core_and_the_licen
     assert {"onnxcompress/py.typed", "onnxcompress/examples/digits_mlp.onnx"} <= set(names)
     assert "License-Expression: MIT" in metadata
     assert any(n.endswith("licenses/LICENSE") for n in names)
+
+
+def test_the_wheel_installs_the_prebuilt_jupyterlab_extension(built):
+    """Where JupyterLab and Notebook 7 find it: share/jupyter/labextensions/onnxcompress-jupyter
+    in the environment (the wheel's .data/data folder), with its remote entry and install.json."""
+    _, wheel = built
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    shared = [n.split(".data/data/", 1)[1] for n in names if ".data/data/" in n]
+    folder = "share/jupyter/labextensions/onnxcompress-jupyter/"
+    assert {folder + "package.json", folder + "install.json"} <= set(shared)
+    assert any(n.startswith(folder + "static/remoteEntry.") and n.endswith(".js") for n in shared)
