@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 
 from ..encoding.codebook import Codebook
 from ..io.select import WeightSite
+from .decode import pack_little_end
 
 # Widths whose values pack whole into a byte; other widths fold at load as every codebook does.
 LOOKUP_BITS = (1, 2, 4, 8)
@@ -49,17 +50,14 @@ def stays_packed(site: WeightSite, bits: int, layout: str, opset: int) -> bool:
 
 def packed_rows(codes: np.ndarray, bits: int) -> np.ndarray:
     """uint8 codes [n, cols] -> [n, P] bytes, 8/bits codes per byte in element order, the first
-    in the low bits (row j's byte i holds codes i*8/bits ... of row j); rows padded with zeros."""
+    in the low bits (row j's byte i holds codes i*8/bits ... of row j); rows padded with zeros,
+    so that no byte holds codes of two rows."""
     per_byte = 8 // bits
     n, cols = codes.shape
     width = -(-cols // per_byte)
     padded = np.zeros((n, width * per_byte), dtype=np.uint8)
     padded[:, :cols] = codes
-    groups = padded.reshape(n, width, per_byte).astype(np.uint16)
-    out = np.zeros((n, width), dtype=np.uint16)
-    for j in range(per_byte):
-        out |= groups[:, :, j] << (j * bits)
-    return out.astype(np.uint8)
+    return np.frombuffer(pack_little_end(padded.reshape(-1), bits), dtype=np.uint8).reshape(n, width)
 
 
 def row_codes(cb: Codebook) -> np.ndarray:
