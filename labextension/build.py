@@ -32,7 +32,8 @@ def main() -> int:
 
     core = Path(jupyterlab.__file__).parent / "staging"
     npm = ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts"]
-    for command in (npm, ["npx", "tsc"], ["node", "node_modules/@jupyterlab/builder/lib/build-labextension.js", "--core-path", str(core), "."]):
+    builder = ["node", "node_modules/@jupyterlab/builder/lib/build-labextension.js", "--core-path", str(core), "."]
+    for command in (npm, ["npx", "tsc"], builder):
         subprocess.run(command, cwd=HERE, check=True)
     (BUILT / "source.sha256").write_text(source_hash() + "\n")
     print(f"built {BUILT}")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,3 +92,24 @@ def serve(root: Path, app: str = "jupyterlab", env: dict[str, str] | None = None
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def in_chromium(tmp_path: Path, steps: Callable) -> None:
+    """Runs `steps(page)` in a fresh headless Chromium page (1400 x 1000, actions waiting up to
+    90 s); on a failure the
+    page's screenshot is saved in `tmp_path` and named in the output."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(90_000)  # a kernel starts, then cells run
+            try:
+                steps(page)
+            except Exception:
+                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+                print(f"screenshot of the failure: {tmp_path / 'failure.png'}")
+                raise
+        finally:
+            browser.close()

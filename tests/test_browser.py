@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from browser_kit import CHROMIUM, CHROMIUM_ARGS, require, serve
+from browser_kit import in_chromium, require, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -29,21 +29,8 @@ def lab(tmp_path_factory):
 
 
 def test_quickstart_runs_in_jupyterlab_and_the_explorer_compresses(lab, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    base, token, root = lab
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            try:
-                _run_quickstart(page, base, token, tmp_path)
-            except Exception:
-                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-                print(f"screenshot of the failure: {tmp_path / 'failure.png'}")
-                raise
-        finally:
-            browser.close()
+    base, token, _ = lab
+    in_chromium(tmp_path, lambda page: _run_quickstart(page, base, token, tmp_path))
 
 
 def _run_quickstart(page, base: str, token: str, tmp_path: Path) -> None:

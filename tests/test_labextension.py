@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from browser_kit import CHROMIUM, CHROMIUM_ARGS, require, serve
+from browser_kit import in_chromium, require, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / "onnxcompress" / "labextension"
@@ -40,37 +40,28 @@ def test_the_committed_build_is_of_these_sources():
                for name, spec in source["jupyterlab"]["sharedPackages"].items())  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab serving a folder that holds the example model, with the extension found where
-    an installed wheel puts it (share/jupyter/labextensions, here through JUPYTER_PATH)."""
-    require({"playwright": "browser", "jupyterlab": "browser"})
-    root = tmp_path_factory.mktemp("lab")
+def _served(tmp_path_factory, app: str, module: str):
+    """`app` serving a folder that holds the example model in models/, with the extension found
+    where an installed wheel puts it (share/jupyter/labextensions, here through JUPYTER_PATH)."""
+    require({"playwright": "browser", module: "browser"})
+    root = tmp_path_factory.mktemp(app)
     (root / "models").mkdir()
     shutil.copy(MODEL, root / "models" / MODEL.name)
     data = root / "data" / "labextensions"
     data.mkdir(parents=True)
     (data / "onnxcompress-jupyter").symlink_to(BUILT, target_is_directory=True)
-    with serve(root, env={"JUPYTER_PATH": str(root / "data")}) as (base, token):
+    with serve(root, app=app, env={"JUPYTER_PATH": str(root / "data")}) as (base, token):
         yield base, token, root
 
 
-def _in_browser(tmp_path: Path, steps) -> None:
-    from playwright.sync_api import sync_playwright
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    yield from _served(tmp_path_factory, "jupyterlab", "jupyterlab")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(90_000)
-            try:
-                steps(page)
-            except Exception:
-                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-                print(f"screenshot of the failure: {tmp_path / 'failure.png'}")
-                raise
-        finally:
-            browser.close()
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory):
+    yield from _served(tmp_path_factory, "notebook", "notebook")
 
 
 def _explorer_has_run(page, notebook: str, shot: Path) -> None:
@@ -98,7 +89,7 @@ def test_right_click_on_a_model_opens_the_explorer_already_run(lab, tmp_path):
         page.locator(".lm-Menu-item", has_text="Compress with onnxcompress…").click()
         _explorer_has_run(page, "digits_mlp.compress.ipynb", tmp_path / "right_click.png")
 
-    _in_browser(tmp_path, steps)
+    in_chromium(tmp_path, steps)
     assert (root / "models" / "digits_mlp.compress.ipynb").is_file()  # beside the model
 
 
@@ -119,23 +110,9 @@ def test_the_command_palette_asks_for_the_model_and_never_overwrites(lab, tmp_pa
     mine = root / "models" / "digits_mlp.compress.ipynb"
     mine.write_text(json.dumps({"cells": [], "metadata": {"mine": True}, "nbformat": 4, "nbformat_minor": 5}))
     before = mine.read_text()  # one there already: kept as it is
-    _in_browser(tmp_path, steps)
+    in_chromium(tmp_path, steps)
     assert mine.read_text() == before
     assert (root / "models" / "digits_mlp.compress-1.ipynb").is_file()
-
-
-@pytest.fixture(scope="module")
-def notebook7(tmp_path_factory):
-    """Notebook 7 serving the same kind of folder, the extension found the same way."""
-    require({"playwright": "browser", "notebook": "browser"})
-    root = tmp_path_factory.mktemp("notebook7")
-    (root / "models").mkdir()
-    shutil.copy(MODEL, root / "models" / MODEL.name)
-    data = root / "data" / "labextensions"
-    data.mkdir(parents=True)
-    (data / "onnxcompress-jupyter").symlink_to(BUILT, target_is_directory=True)
-    with serve(root, app="notebook", env={"JUPYTER_PATH": str(root / "data")}) as (base, token):
-        yield base, token, root
 
 
 def test_in_notebook_7_the_notebook_opens_in_its_own_tab_and_runs(notebook7, tmp_path):
@@ -159,5 +136,5 @@ def test_in_notebook_7_the_notebook_opens_in_its_own_tab_and_runs(notebook7, tmp
         expect(explorer.locator("td", has_text="fc2.weight")).to_be_visible()
         explorer.screenshot(path=str(tmp_path / "notebook7.png"))
 
-    _in_browser(tmp_path, steps)
+    in_chromium(tmp_path, steps)
     assert (root / "models" / "digits_mlp.compress.ipynb").is_file()
