@@ -225,10 +225,10 @@ MUTANTS = [
         ("tests/test_select.py",),
     ),
     Mutant(
-        "bit planes combined with the wrong scale below opset 14",
+        "bit planes moved up by one bit too many",
         "onnxcompress/graph/decode.py",
-        "np.array([1 << offset], dtype=np.int32)",
-        "np.array([1 << (offset + 1)], dtype=np.int32)",
+        'b.const(f"up{offset}", np.array([offset], dtype=np.uint8))',
+        'b.const(f"up{offset}", np.array([offset + 1], dtype=np.uint8))',
         ("tests/test_decode.py",),
     ),
     Mutant(

@@ -197,7 +197,8 @@ def build_block_decoder(blocks: Blocks, name: str, out: gs.Variable) -> tuple[li
 
 def _unpack(b: _Builder, flat: np.ndarray, bits: int, shape: tuple[int, ...], in_uint8: bool) -> gs.Variable:
     """INT32 indices of the given shape from bit planes of width 4, 2, 1, combined in uint8
-    (`in_uint8`) or in INT32."""
+    (`in_uint8`) or in INT32. Each plane takes the index shape while still uint8: onnxruntime
+    keeps every folded tensor until its folding pass ends, and an INT32 copy is 4 bytes a value."""
     total = flat.size
     combined = None
     for width, offset in plane_widths(bits):
@@ -207,27 +208,18 @@ def _unpack(b: _Builder, flat: np.ndarray, bits: int, shape: tuple[int, ...], in
         lefts = np.array([8 - width * (j + 1) for j in range(per_byte)], dtype=np.uint8).reshape(per_byte, 1)
         x = b.node("BitShift", [b.const(f"indices{width}", packed), b.const(f"shl{width}", lefts)], attrs={"direction": "LEFT"})
         x = b.node("BitShift", [x, b.const(f"shr{width}", np.array([8 - width], dtype=np.uint8))], attrs={"direction": "RIGHT"})
-        x = b.node("Reshape", [x, b.const("flat", np.array([-1], dtype=np.int64))])
-        if per_byte * packed.shape[1] != total:
-            x = b.node(
-                "Slice",
-                [x, b.const("start", np.array([0], dtype=np.int64)), b.const(f"len{total}", np.array([total], dtype=np.int64))],
-            )
-        if offset:
-            if in_uint8:
-                x = b.node(
-                    "BitShift", [x, b.const(f"up{offset}", np.array([offset], dtype=np.uint8))], attrs={"direction": "LEFT"}
-                )
-            else:
-                x = b.node("Cast", [x], attrs={"to": onnx.TensorProto.INT32})
-                x = b.node("Mul", [x, b.const(f"scale{offset}", np.array([1 << offset], dtype=np.int32))])
-        elif not in_uint8:
+        if per_byte * packed.shape[1] != total:  # the last byte's padding goes
+            x = b.node("Reshape", [x, b.const("flat", np.array([-1], dtype=np.int64))])
+            ends = [b.const("start", np.array([0], dtype=np.int64)), b.const(f"len{total}", np.array([total], dtype=np.int64))]
+            x = b.node("Slice", [x, *ends])
+        x = b.node("Reshape", [x, b.const("index_shape", np.array(shape, dtype=np.int64))])
+        if offset:  # moved up in uint8 (offset + width <= 7): one INT32 copy fewer than a Mul after the Cast
+            x = b.node("BitShift", [x, b.const(f"up{offset}", np.array([offset], dtype=np.uint8))], attrs={"direction": "LEFT"})
+        if not in_uint8:
             x = b.node("Cast", [x], attrs={"to": onnx.TensorProto.INT32})
         combined = x if combined is None else b.node("Add", [combined, x])
-    combined = b.node("Reshape", [combined, b.const("index_shape", np.array(shape, dtype=np.int64))])
-    if in_uint8:
-        combined = b.node("Cast", [combined], attrs={"to": onnx.TensorProto.INT32})
-    return combined
+    assert combined is not None, "below 8 bits there is at least one plane"
+    return b.node("Cast", [combined], attrs={"to": onnx.TensorProto.INT32}) if in_uint8 else combined
 
 
 class _Builder:
