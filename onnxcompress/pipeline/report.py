@@ -162,9 +162,8 @@ class Report:
         if self.tensors:
             before, after = sum(r.bytes_before for r in self.tensors), sum(r.ram_after for r in self.tensors)
             console.print(
-                f"in RAM once onnxruntime has loaded the model, these weights take {human(after)} (before: {human(before)}): "
-                "codebooks and float16 are decoded to the weight's type at load; only lookup tables (decoded after each "
-                "lookup), integer blocks and low-rank pairs stay smaller",
+                f"in RAM once loaded: {human(after)} (before: {human(before)}); of these, only lookup tables, integer "
+                "blocks and low-rank pairs stay smaller",
                 markup=False,
                 highlight=False,
             )
