@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from harness import DEFAULT_CACHE, LATENCY_SLICE, MISSING, model_inputs, sliced, write_json
+from harness import DEFAULT_CACHE, LATENCY_SLICE, MISSING, model_inputs, native_probe, sliced, write_json
 
 import onnxcompress
 
@@ -34,25 +34,6 @@ SETTINGS = {"8 bits": {"bits": 8}, "4 bits": {"bits": 4}, "plan 0.01": {"max_err
 TARGET = 1.2
 NPM_DEFAULT = Path.home() / ".cache" / "onnxcompress-compat" / "npm"
 WEB_VERSION = "1.31.1"
-
-# a fresh Python process: the peak while loading, then the median latency of one thread on a
-# slice of the inputs (harness.LATENCY_SLICE) and the RSS after those runs
-NATIVE_SNIPPET = """
-import json, sys, time
-import numpy as np, onnxruntime as ort
-def status(key):
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
-feed = dict(np.load(sys.argv[2]))
-options = ort.SessionOptions()
-options.intra_op_num_threads = 1
-session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
-peak = status("VmHWM")
-session.run(None, feed)
-times, end = [], time.perf_counter() + 2.0
-while time.perf_counter() < end or len(times) < 5:
-    t0 = time.perf_counter(); session.run(None, feed); times.append(time.perf_counter() - t0)
-print(json.dumps({"peak": peak, "rss": status("VmRSS"), "ms": 1e3 * float(np.median(times))}))
-"""
 
 # node: the process's RSS once onnxruntime-web (wasm, one thread) has made the session
 WEB_SNIPPET = """
@@ -114,9 +95,10 @@ def measure(name: str, cache: Path, work: Path, modules: Path | None, script: Pa
         onnxcompress.compress(model, out, force=True, verify=False, **options, **extra)
         variants[label] = out
     sliced_inputs = work / f"{name}.sliced.npz"
-    np.savez(sliced_inputs, **sliced(feed, LATENCY_SLICE.get(name, 8)))
+    part = LATENCY_SLICE.get(name, 8)
+    np.savez(sliced_inputs, **sliced(feed, part))
     for label, path in variants.items():
-        runs = [native_run(path, sliced_inputs) for _ in range(2)]
+        runs = [native_probe(path, sliced_inputs, part) for _ in range(2)]
         native, rss, ms = max(r["peak"] for r in runs), min(r["rss"] for r in runs), min(r["ms"] for r in runs)
         web = web_rss_mib(path, modules, script) if modules is not None else None
         rows.append(
@@ -129,13 +111,6 @@ def measure(name: str, cache: Path, work: Path, modules: Path | None, script: Pa
             flush=True,
         )
     return rows
-
-
-def native_run(path: Path, inputs: Path) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", NATIVE_SNIPPET, str(path), str(inputs)], capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)
 
 
 def table(rows: list[dict]) -> list[str]:

@@ -25,7 +25,6 @@ Writes benchmarks/results/ram.md and ram.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from harness import DEFAULT_CACHE, LATENCY_SLICE, MISSING, model_inputs, task_result, write_json
+from harness import DEFAULT_CACHE, LATENCY_SLICE, MISSING, model_inputs, native_probe, task_result, write_json
 from onnx import helper, numpy_helper, version_converter
 
 import onnxcompress as oc
@@ -44,29 +43,6 @@ BLOCK = 32
 REPEATS = 3
 ORIGINAL = "original"
 BLOCKS = ["--opset", "21", "--target-ort", "1.32"]  # what lets MatMul weights stay packed as integer blocks
-
-PROBE = """
-import json, sys, time
-import numpy as np, onnxruntime as ort
-def status(key):
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
-path, feed_path, out_path, level = sys.argv[1:5]
-feed = dict(np.load(feed_path))
-part = {k: v[:int(sys.argv[5])] for k, v in feed.items()}
-options = ort.SessionOptions()
-options.intra_op_num_threads = 1
-options.log_severity_level = 3
-if level != "default":
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", level)
-session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-peak = status("VmHWM")
-outputs = session.run(None, feed)
-np.savez(out_path, **{o.name: v for o, v in zip(session.get_outputs(), outputs)})
-times, end = [], time.perf_counter() + 2.0
-while time.perf_counter() < end or len(times) < 5:
-    t0 = time.perf_counter(); session.run(None, part); times.append(time.perf_counter() - t0)
-print(json.dumps({"peak": peak, "rss": status("VmRSS"), "ms": 1e3 * float(np.median(times)), "ort": ort.__version__}))
-"""
 
 
 def blocked(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
@@ -112,8 +88,7 @@ def blocked(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
 
 def run(path: Path, feed: Path, out: Path, level: str = "default", repeats: int = REPEATS) -> dict:
     """The medians of `repeats` fresh processes (RSS after runs moves by 10% between them)."""
-    args = [sys.executable, "-c", PROBE, str(path), str(feed), str(out), level, str(LATENCY_SLICE["minilm_l6"])]
-    runs = [json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout) for _ in range(repeats)]
+    runs = [native_probe(path, feed, LATENCY_SLICE["minilm_l6"], out, level) for _ in range(repeats)]
     return {key: (float(np.median([r[key] for r in runs])) if key != "ort" else runs[0][key]) for key in runs[0]}
 
 

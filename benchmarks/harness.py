@@ -190,6 +190,40 @@ print(time.perf_counter() - t0, hwm(), base)
 """
 
 
+# A fresh Python process, one thread: the peak while loading (VmHWM), one run on the whole feed
+# (its outputs saved where asked), then the median latency of about 2 s of runs on its first
+# `part` rows and the RSS after them. `level`: onnxruntime's MatMulNBits accuracy level.
+NATIVE_PROBE = """
+import json, sys, time
+import numpy as np, onnxruntime as ort
+def status(key):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
+path, feed_path, outputs, level, part = sys.argv[1:6]
+feed = dict(np.load(feed_path))
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.log_severity_level = 3
+if level != "default":
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", level)
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+peak = status("VmHWM")
+results = session.run(None, feed)
+if outputs != "-":
+    np.savez(outputs, **{o.name: v for o, v in zip(session.get_outputs(), results)})
+part = {k: v[:int(part)] for k, v in feed.items()}
+times, end = [], time.perf_counter() + 2.0
+while time.perf_counter() < end or len(times) < 5:
+    t0 = time.perf_counter(); session.run(None, part); times.append(time.perf_counter() - t0)
+print(json.dumps({"peak": peak, "rss": status("VmRSS"), "ms": 1e3 * float(np.median(times)), "ort": ort.__version__}))
+"""
+
+
+def native_probe(path: Path, feed: Path, part: int, outputs: Path | None = None, level: str = "default") -> dict:
+    """NATIVE_PROBE's numbers for one model: peak and rss in MiB, ms, and the onnxruntime version."""
+    args = [sys.executable, "-c", NATIVE_PROBE, str(path), str(feed), str(outputs or "-"), level, str(part)]
+    return json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+
+
 def load_cost(path: Path, repeats: int = 3) -> tuple[float, float]:
     """(best load seconds, peak RSS in MiB of a fresh process that imports onnxruntime and
     creates a session with default options)."""
