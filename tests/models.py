@@ -41,13 +41,27 @@ def matmul(opset: int = 17, ir: int = 8):
     )
 
 
-def matmul_chain(first: str, first_shape: tuple[int, int], second: str, second_shape: tuple[int, int]):
-    """x @ first @ second, for tests about two weights of different shapes."""
+def matmul_chain(
+    first: str,
+    first_shape: tuple[int, int],
+    second: str,
+    second_shape: tuple[int, int],
+    activation: str | None = None,
+    opset: int = 17,
+):
+    """x @ first @ second, for tests about two weights of different shapes; with `activation`,
+    that op between the two (opset 21 and later: IR 10)."""
+    nodes = [helper.make_node("MatMul", ["x", first], ["h"])]
+    if activation is not None:
+        nodes.append(helper.make_node(activation, ["h"], ["a"]))
+    nodes.append(helper.make_node("MatMul", ["a" if activation else "h", second], ["y"]))
     return make_model(
-        [helper.make_node("MatMul", ["x", first], ["h"]), helper.make_node("MatMul", ["h", second], ["y"])],
+        nodes,
         [("x", F, ["batch", first_shape[0]])],
         [("y", F, ["batch", second_shape[1]])],
         [(first, weight(*first_shape)), (second, weight(*second_shape))],
+        opset=opset,
+        ir=10 if opset >= 21 else 8,
     )
 
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models import make_model, weight
+from models import make_model, matmul_chain, weight
 from onnx import TensorProto, helper
 from test_compensate import correlated
 
@@ -74,18 +74,7 @@ def test_the_decoder_gives_the_blocks_values_in_onnxruntime(bits):
 
 def chain(opset: int = 21, activation: str = "Sigmoid") -> onnx.ModelProto:
     """x @ W (256 x 256) -> activation -> @ V (256 x 64)."""
-    return make_model(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["h"]),
-            helper.make_node(activation, ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "V"], ["y"]),
-        ],
-        [("x", TensorProto.FLOAT, ["batch", 256])],
-        [("y", TensorProto.FLOAT, ["batch", 64])],
-        [("W", weight(256, 256)), ("V", weight(256, 64))],
-        opset=opset,
-        ir=10 if opset >= 21 else 8,
-    )
+    return matmul_chain("W", (256, 256), "V", (256, 64), activation, opset)
 
 
 X = {"x": np.random.default_rng(0).normal(size=(64, 256)).astype(np.float32)}

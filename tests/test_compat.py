@@ -45,16 +45,11 @@ def _per_column_table() -> tuple[onnx.ModelProto, dict]:
     return model, {"calibration": {"ids": ids}, "max_error": 0.01}
 
 
-def _chain21() -> onnx.ModelProto:
-    from test_blocks import chain
-
-    return chain(21)
-
-
 def _cases() -> dict[str, tuple[onnx.ModelProto, dict, tuple[int, ...]]]:
     """name: (original, compress() options, the oldest onnxruntime that must run it)."""
     x = np.random.default_rng(5).normal(size=(40, 256)).astype(np.float32)
     x21 = np.random.default_rng(6).normal(size=(16, 256)).astype(np.float32)
+    blocks21 = matmul_chain("W", (256, 256), "V", (256, 64), "Sigmoid", 21)  # both MatMuls fuse (test_blocks.py)
     table, table_options = _per_column_table()
     return {
         "8-bit-tensor": (ALL["matmul"](), {"bits": 8}, (0,)),
@@ -71,8 +66,8 @@ def _cases() -> dict[str, tuple[onnx.ModelProto, dict, tuple[int, ...]]]:
         "4-bit-lookup-rows": (ALL["embedding"](), {"bits": 4}, (0,)),
         "8-bit-lookup-scaled": (ALL["embedding"](), {"bits": 8, "granularity": "scaled"}, (0,)),
         "1-bit-lookup-channel-padded": (columns_table(512)[0], {"bits": 1, "granularity": "channel"}, (0,)),
-        "int4-blocks-plan": (_chain21(), {"max_ram": "20%", "target_ort": "1.24.4", "calibration": {"x": x21}}, (1, 24, 4)),
-        "int8-blocks-plan": (_chain21(), {"max_ram": "40%", "target_ort": "1.32", "calibration": {"x": x21}}, (1, 32)),
+        "int4-blocks-plan": (blocks21, {"max_ram": "20%", "target_ort": "1.24.4", "calibration": {"x": x21}}, (1, 24, 4)),
+        "int8-blocks-plan": (blocks21, {"max_ram": "40%", "target_ort": "1.32", "calibration": {"x": x21}}, (1, 32)),
         "constant-node": (ALL["constant_node"](), {"bits": 4}, (0,)),
         "if-branch": (ALL["if_branch"](), {"bits": 8}, (0,)),
         "if-branch-constants": (ALL["if_branch_constants"](), {"bits": 4}, (0,)),
