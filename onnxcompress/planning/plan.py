@@ -70,13 +70,14 @@ def make_plan(
     eight = {e.site.name: e.codebook for e in encoder.encode([(w, AsCodebook(8)) for w in weights], progress)}
     # and over values scaled per channel, and per long channel (opset 11: GatherElements): one
     # more k-means run each gives all their widths
-    low_bits = default_opset(source) >= 11  # below 8 bits and per channel need BitShift / GatherElements (Cast: any)
+    opset = default_opset(source)
+    low_bits = opset >= 11  # below 8 bits and per channel need BitShift / GatherElements (Cast: any)
     scalable = [(w, AsCodebook(8, "scaled")) for w in weights if w.array.ndim >= 2]
     scaled = {e.site.name: e.codebook for e in encoder.encode(scalable, progress)}
     long = [(w, c) for w in weights if low_bits and (c := long_channel_choice(w)) is not None]
     columns = {e.site.name: e.codebook for e in encoder.encode(long, progress)}
-    block_bits = _block_widths(source, weights, target_ort)
-    tensors = _candidates(weights, eight, scaled, columns, sizes, default_opset(source), encoder, block_bits)
+    block_bits = _block_widths(source, weights, opset, target_ort)
+    tensors = _candidates(weights, eight, scaled, columns, sizes, opset, encoder, block_bits)
     release_free_heap()  # the spectra and per-channel runs just freed
     try:
         probe: Probe | None = Probe(source, weights)
@@ -85,7 +86,7 @@ def make_plan(
     _weigh(tensors, weights, eight, encoder, probe, calib)
     release_free_heap()
     products = any(c.op_type == "MatMul" for w in weights for c in w.consumers)
-    newer = products and (default_opset(source) < BLOCKS_OPSET or tuple(target_ort) < BLOCKS_MIN_ORT[4])
+    newer = products and (opset < BLOCKS_OPSET or tuple(target_ort) < BLOCKS_MIN_ORT[4])
     ram = _hold_to_ram(tensors, plan_o, tensor_bytes(source), sum(sizes.values()), newer)
     plans = ladder(tensors)
     measure = _Measure(weights, encoder, calib, probe, build, progress)
@@ -190,10 +191,11 @@ def _candidates(
     return tensors
 
 
-def _block_widths(source: onnx.ModelProto, weights: list[WeightSite], target_ort: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+def _block_widths(
+    source: onnx.ModelProto, weights: list[WeightSite], opset: int, target_ort: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
     """Per weight, the widths of integer blocks offered: those the target onnxruntime would keep
     packed (decode.blocks_stay_packed) and this one does fuse in this graph (runtime/fusion.py)."""
-    opset = default_opset(source)
     out: dict[str, tuple[int, ...]] = {}
     for bits in BLOCK_BITS:
         fused = fused_blocks(source, [w for w in weights if blocks_stay_packed(w, bits, opset, target_ort)], bits)
