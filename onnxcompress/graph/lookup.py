@@ -35,11 +35,10 @@ def stays_packed(site: WeightSite, bits: int, layout: str, opset: int) -> bool:
     """Whether a codebook of this width and layout for `site` is decoded after each lookup
     (and stays packed in RAM): a 2-D initializer read only by main-graph Gathers along axis 0,
     at a width that packs whole into bytes, in one of the layouts a row lookup can decode."""
-    lookups = bool(site.consumers) and all(
-        c.op_type == "Gather" and c.input_index == 0 and not c.in_subgraph and c.attrs.get("axis", 0) == 0 for c in site.consumers
-    )
+    rows_in_main_graph = all(not c.in_subgraph and c.attrs.get("axis", 0) == 0 for c in site.consumers)
     return (
-        lookups
+        site.is_lookup_table
+        and rows_in_main_graph
         and site.location == "initializer"
         and site.array.ndim == 2
         and bits in LOOKUP_BITS

@@ -98,6 +98,11 @@ class WeightSite:
     def consumer_ops(self) -> list[str]:
         return sorted({c.op_type for c in self.consumers})
 
+    @property
+    def is_lookup_table(self) -> bool:
+        """Every reader takes it as a Gather's data: a table of rows looked up by ids."""
+        return bool(self.consumers) and all(c.op_type == "Gather" and c.input_index == 0 for c in self.consumers)
+
     def channel_axis(self) -> int:
         """The output-channel axis for per-channel codebooks, from how the weight is used:
         columns of a MatMul right operand, rows of Gemm's B with transB, ConvTranspose's

@@ -125,8 +125,7 @@ def long_channel_choice(site: WeightSite, bits: int = 8) -> AsCodebook | None:
     the planner and measured worse; its plan at 0.01 fell from 4.19x to 3.86x (5.34x to 4.71x
     planned on half the lines)."""
     a = site.array
-    lookups = bool(site.consumers) and all(c.op_type == "Gather" and c.input_index == 0 for c in site.consumers)
-    if a.ndim != 2 or a.dtype.kind != "f" or not lookups:
+    if a.ndim != 2 or a.dtype.kind != "f" or not site.is_lookup_table:
         return None
     axis = max((0, 1), key=lambda ax: a.size // a.shape[ax])
     if a.size // a.shape[axis] < LONG_CHANNEL:
