@@ -192,10 +192,11 @@ def test_halves_cut_feeds_or_the_rows_of_a_shared_batch():
 
     outs = [[np.full((2, 3), k, np.float32)] for k in range(6)]
     by_feed = list(halves([{"x": np.zeros(2)}] * 6, outs, outs))
-    assert [[o[0][0, 0] for o in ref] for ref, _ in by_feed] == [[0, 1, 2], [3, 4, 5], [0, 2, 4], [1, 3, 5]]
+    assert [[o[0][0, 0] for o in ref] for _, ref, _ in by_feed] == [[0, 1, 2], [3, 4, 5], [0, 2, 4], [1, 3, 5]]
     rows = np.arange(8.0)[:, None]
-    (first, _), (second, _), (even, _), (odd, _) = halves([{"x": rows}], [[rows]], [[rows]])
+    (_, first, _), (_, second, _), (_, even, _), (odd_feeds, odd, _) = halves([{"x": rows}], [[rows]], [[rows]])
     assert first[0][0].ravel().tolist() == [0, 1, 2, 3] and odd[0][0].ravel().tolist() == [1, 3, 5, 7]
+    assert odd_feeds[0]["x"].ravel().tolist() == [1, 3, 5, 7]  # the inputs cut as their outputs
     state = np.zeros((1, 4))  # an output without the batch (a recurrent state): rows cannot be cut
     assert list(halves([{"x": rows}], [[rows, state]], [[rows, state]])) == []
     assert list(halves([{"x": rows[:3]}], [[rows[:3]]], [[rows[:3]]])) == []  # too few rows to halve

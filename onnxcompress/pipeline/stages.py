@@ -293,7 +293,7 @@ def verify(p: Prepared, built: Built, ref: Reference, report: Report, progress: 
         target = p.out_path if p.out_path is not None else built.model
         sess = session(target, "the compressed model", fold=not report.verified_unfolded)
         candidate = run_twice(lambda f: run(sess, f, "the compressed model"), ref.feeds, ref.fed_back)
-        report.outputs = compare(ref.names, ref.outputs, candidate, ref.kinds)
+        report.outputs = compare(ref.names, ref.outputs, candidate, ref.kinds, ref.feeds)
     except VerificationError as e:
         if p.out_path is not None:
             p.out_path.unlink(missing_ok=True)
@@ -352,11 +352,11 @@ def _original_session(loaded: LoadedModel, source: onnx.ModelProto, converted: b
 def _plan_metric(metric, names: list[str], kinds: dict[str, OutputKind]):
     """The planner's measure: the error of a model's outputs against the original's."""
 
-    def measure(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+    def measure(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]], feeds: list[dict]) -> float:
         if callable(metric):
             as_dicts = [dict(zip(names, outs, strict=True)) for outs in reference]
             return float(metric(as_dicts, [dict(zip(names, outs, strict=True)) for outs in candidate]))
-        return error_of(compare(names, reference, candidate, kinds), metric)
+        return error_of(compare(names, reference, candidate, kinds, feeds), metric)
 
     return measure
 

@@ -264,18 +264,19 @@ class _Measure:
         values = {e.site.name: e.decoded().astype(e.site.array.dtype, copy=False) for e in encoded}
         probe = self.probe
         outputs = run_twice(lambda feeds: probe.run(feeds, values), self.calib.feeds, self.calib.fed_back)
-        return self.calib.error(self.calib.reference, outputs)
+        return self.calib.error(self.calib.reference, outputs, self.calib.feeds)
 
     def built(self, recipe: Recipe) -> float:
         self.outputs = []  # the last plan's outputs go before the next plan's arrive (158 MB on the OCR model)
         release_free_heap()  # what the probe runs freed, before the build and its session take theirs
         self.outputs = _run_built(self.build(recipe), self.calib)
         release_free_heap()  # the session just freed holds a copy of every weight
-        return self.calib.error(self.calib.reference, self.outputs)
+        return self.calib.error(self.calib.reference, self.outputs, self.calib.feeds)
 
     def on_halves(self) -> list[float]:
         """The last built plan's error on each half of the calibration inputs (probe.halves)."""
-        return [self.calib.error(ref, cand) for ref, cand in halves(self.calib.feeds, self.calib.reference, self.outputs)]
+        cuts = halves(self.calib.feeds, self.calib.reference, self.outputs)
+        return [self.calib.error(ref, cand, feeds) for feeds, ref, cand in cuts]
 
 
 def _run_built(model: onnx.ModelProto, calib: Calibration) -> list[list[np.ndarray]]:

@@ -28,7 +28,8 @@ class Calibration:
 
     feeds: list[dict[str, np.ndarray]]
     reference: list[list[np.ndarray]]
-    error: Callable[[list[list[np.ndarray]], list[list[np.ndarray]]], float]
+    # (reference outputs, candidate outputs, the feeds they came from) -> error
+    error: Callable[[list[list[np.ndarray]], list[list[np.ndarray]], list[dict[str, np.ndarray]]], float]
     names: list[str] = field(default_factory=list)  # the outputs, in the order the runs give them
     kinds: dict[str, OutputKind] = field(default_factory=dict)  # what each means (runtime/outputs.py)
     fed_back: dict[int, str] = field(default_factory=dict)  # state outputs run again as inputs (runtime/sequence.py)
@@ -75,7 +76,7 @@ def output_gains(
         decoded = eight[w.name].decoded().astype(w.array.dtype, copy=False)
         distortion = weighted_sse(w.array, decoded, imp) / max(weighted_sse(w.array, None, imp), 1e-300)
         got = probe.run(feed, {w.name: decoded})
-        err = error_of(compare(names, base, got, calib.kinds), calib.gain_metric)
+        err = error_of(compare(names, base, got, calib.kinds, feed), calib.gain_metric)
         if distortion > 0 and np.isfinite(err):
             gains[w.name] = max(err, 1e-12) ** 2 / distortion
     if gains:
@@ -121,23 +122,23 @@ def _sample(feed: dict[str, np.ndarray], bounds: tuple[int, int]) -> dict[str, n
 
 def halves(
     feeds: list[dict[str, np.ndarray]], reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]
-) -> Iterator[tuple[list[list[np.ndarray]], list[list[np.ndarray]]]]:
+) -> Iterator[tuple[list[dict[str, np.ndarray]], list[list[np.ndarray]], list[list[np.ndarray]]]]:
     """The calibration inputs cut in halves two ways (first and second, even and odd: by feed
     when there are several, else by the rows of a batch that every input and output shares),
-    as (reference, candidate) output pairs, one at a time and as views (the OCR model's outputs
+    as (feeds, reference outputs, candidate outputs), one at a time and as views (the OCR model's outputs
     are 158 MB); none when the inputs cannot be cut. A plan measured
     on all of them may miss its target on half: on the kit's OCR lines a plan at 8.6e-3 on all
     32 measured 1.13e-2 on the second 16, and 3.0e-2 on lines it had not seen."""
     if len(feeds) >= 2:
         for pick in _half_picks(len(feeds)):
-            yield reference[pick], candidate[pick]
+            yield feeds[pick], reference[pick], candidate[pick]
         return
     n = shared_batch(feeds[0])
     outs = [*reference[0], *candidate[0]]
     if n is None or n < 4 or any(np.ndim(o) == 0 or np.shape(o)[0] != n for o in outs):
         return
     for pick in _half_picks(n):
-        yield [[o[pick] for o in reference[0]]], [[o[pick] for o in candidate[0]]]
+        yield [{k: v[pick] for k, v in feeds[0].items()}], [[o[pick] for o in reference[0]]], [[o[pick] for o in candidate[0]]]
 
 
 def _half_picks(n: int) -> list[slice]:

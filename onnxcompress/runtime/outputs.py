@@ -11,6 +11,11 @@ its error is measured the way its task reads it:
 - state: a recurrent op's final hidden or cell state, fed back by the caller;
 - dense: anything else (features, maps, boxes), read channel by channel.
 
+An output of token rows ([batch, sequence, ...]) of a model that takes an attention mask of
+the same [batch, sequence] (an integer input added to the attention scores before a Softmax)
+is measured on the rows the mask keeps: a padded position's vector is computed from padding,
+and nothing that honours the mask reads it.
+
 The caller may say otherwise per output (--output-kind NAME=KIND), or leave an output that
 nothing reads out of the measure (KIND ignore).
 
@@ -19,7 +24,7 @@ is followed through Transpose and Identity only, where it stays known."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 
@@ -30,6 +35,16 @@ PASS_THROUGH = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"
 RECURRENT = {"LSTM", "GRU", "RNN"}
 # ops between a norm and the Div that uses it (an epsilon floor, a broadcast)
 NORM_GUARDS = {"Clip", "Max", "Add", "Expand", *PASS_THROUGH}
+# ops an attention mask takes on its way into the scores' bias: casts, broadcasts, the logic
+# and arithmetic that turn 1 / 0 into 0 / -inf (Add: the bias joining the scores), and a Gather
+# of its values (as data: ids enter a Gather as indices)
+MASK_STEPS = {*PASS_THROUGH, "Expand", "Tile", "Sub", "Mul", "Add", "Div", "Neg", "Not", "And", "Or", "Equal", "Where"}
+MASK_STEPS |= {"Less", "Greater", "Gather"}
+MASK_DEPTH = 16  # MiniLM's mask reaches its first Softmax in 11 steps
+# kinds measured row by row (or channel by channel over rows), where padded rows can be left out
+ROW_KINDS = ("embedding", "dense")
+T = onnx.TensorProto
+INTEGER_TYPES = {T.INT64, T.INT32, T.INT16, T.INT8, T.UINT8, T.BOOL}
 
 
 @dataclass(frozen=True)
@@ -39,12 +54,15 @@ class OutputKind:
     sizes: tuple[int, ...] | None = None  # parts: each part's extent along it (None: one slice each)
     chosen: bool = False  # said by the caller (--output-kind), not read from the graph
     feeds_back: str | None = None  # state: the graph input it is fed back into (runtime/sequence.py)
+    mask: str | None = None  # token rows: the attention mask input whose zeros mark rows not measured
 
     def describe(self) -> str:
         if self.chosen:
             return f"{self.kind} (--output-kind)"
         if self.feeds_back is not None:
             return f"state (fed back as {self.feeds_back})"
+        if self.mask is not None:
+            return f"{self.kind} (rows where {self.mask} is 0 not measured)"
         if self.kind != "parts":
             return self.kind
         if self.axis is None:
@@ -67,11 +85,65 @@ def output_kinds(model: onnx.ModelProto, chosen: dict[str, str] | None = None) -
     if any(k.kind == "parts" for k in kinds.values()):  # shape inference: 0.4 s on a 90 MB model
         extents = _static_extents(model)
         kinds = {name: _kind_of(name, producer, extents, inputs) for name in names}
+    masks = attention_masks(model)
+    for out in graph.output:
+        mask = masks.get(_leading_dims(out, 2)) if len(_dims(out)) >= 3 else None
+        if mask is not None and kinds[out.name].kind in ROW_KINDS:
+            kinds[out.name] = replace(kinds[out.name], mask=mask)
     for name, kind in (chosen or {}).items():
         found = kinds[name]
         same_kind = found.kind == kind  # keep what the graph says about its axes
-        kinds[name] = OutputKind(kind, found.axis if same_kind else None, found.sizes if same_kind else None, chosen=True)
+        kinds[name] = OutputKind(
+            kind, found.axis if same_kind else None, found.sizes if same_kind else None, chosen=True, mask=found.mask
+        )
     return kinds
+
+
+def attention_masks(model: onnx.ModelProto) -> dict[tuple, str]:
+    """The graph inputs that are attention masks, by their two dims: integer inputs of rank 2,
+    with both dims named or fixed, that reach a Softmax through MASK_STEPS alone (an input of
+    ids reaches an embedding's Gather first)."""
+    graph = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {t.name for t in graph.initializer}
+    masks: dict[tuple, str | None] = {}
+    for inp in graph.input:
+        dims = _leading_dims(inp, 2)
+        if inp.name in constants or len(_dims(inp)) != 2 or None in dims or inp.type.tensor_type.elem_type not in INTEGER_TYPES:
+            continue
+        if _reaches_softmax(inp.name, consumers):
+            masks[dims] = None if dims in masks else inp.name  # two such inputs: which one pads is unclear
+    return {dims: name for dims, name in masks.items() if name is not None}
+
+
+def _reaches_softmax(name: str, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
+    frontier, seen = [name], {name}
+    for _ in range(MASK_DEPTH):
+        step = []
+        for value in frontier:
+            for node in consumers.get(value, []):
+                if node.op_type == "Softmax":
+                    return True
+                if node.op_type in MASK_STEPS and (node.op_type != "Gather" or node.input[0] == value):
+                    step += [o for o in node.output if o not in seen]
+        seen.update(step)
+        frontier = step
+    return False
+
+
+def _dims(info: onnx.ValueInfoProto) -> list:
+    """A value's dims as names or numbers (None: unknown)."""
+    t = info.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
+
+
+def _leading_dims(info: onnx.ValueInfoProto, n: int) -> tuple:
+    return tuple(_dims(info)[:n])
 
 
 def _kind_of(

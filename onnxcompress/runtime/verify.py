@@ -111,11 +111,13 @@ def compare(
     reference: list[list[np.ndarray]],
     candidate: list[list[np.ndarray]],
     kinds: dict[str, OutputKind] | None = None,
+    feeds: list[dict[str, np.ndarray]] | None = None,
 ) -> list[OutputDiff]:
     """Per output, over all feeds: max abs error, relative L2 error (of the worst part, for an
     output of parts), cosine similarity, top-1 agreement where the output is or looks like class
     scores, and the decisions that flip for probabilities. `kinds`: each output's kind by name
-    (outputs.output_kinds of the original); without one an output is dense."""
+    (outputs.output_kinds of the original); without one an output is dense. `feeds`: the inputs
+    the outputs came from, for the attention masks whose padded rows the task measure skips."""
     diffs = []
     for j, name in enumerate(names):
         kind = (kinds or {}).get(name, DENSE)
@@ -137,7 +139,8 @@ def compare(
         changed = None if labels is None else _changed_share(*labels)
         top1 = None if changed is None else 1.0 - changed
         flips = _flips(refs, cands) if kind.kind == "probabilities" else None
-        measure, task = task_measure(kind, refs, cands, rel, labels, changed, flips)
+        rows = _rows_kept(kind, feeds, refs, cands) or (refs, cands)
+        measure, task = task_measure(kind, *rows, rel, labels, changed, flips)
         if not np.isfinite(peak) and kind.kind != "ignore":  # a NaN argmax can land on the original's class
             measure, task = "not finite", math.inf
         smooth = rel if kind.kind in ("classes", "probabilities") else task
@@ -190,6 +193,21 @@ def task_measure(
     if k == "state" and kind.feeds_back is not None:
         return "via the next call", 0.0
     return ("rel. L2, worst part" if k == "parts" else "rel. L2"), rel
+
+
+def _rows_kept(
+    kind: OutputKind, feeds: list[dict[str, np.ndarray]] | None, refs: list[np.ndarray], cands: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """Where an attention mask pads rows of this output: the rows (over its first two axes)
+    that the mask keeps, per feed, as [rows, ...] for both sides; None to measure all rows (no
+    mask, or a feed without it or of another shape)."""
+    if kind.mask is None or feeds is None or len(feeds) != len(refs):
+        return None
+    masks = [np.asarray(feed.get(kind.mask, np.empty(0))) != 0 for feed in feeds]
+    if any(m.ndim != 2 or np.shape(a)[:2] != m.shape for m, a in zip(masks, refs, strict=True)):
+        return None
+    pick = lambda outs: [np.asarray(a)[m] for a, m in zip(outs, masks, strict=True)]  # noqa: E731
+    return pick(refs), pick(cands)
 
 
 def _decisions(measure: str, refs: list[np.ndarray], kind: OutputKind) -> int:
