@@ -45,7 +45,7 @@ MODELS = ["digits_mlp", "minilm_l6", "ppocrv6_rec_small", "silero_vad_seq", "mtc
 MAX_ERROR = 0.01
 LOOSER = (0.02, 0.05)
 # What an application reads, where a model returns more: sentence-transformers' users read the
-# sentence embedding, not the token vectors (42% of the kit's token rows are padding)
+# sentence embedding, not the token vectors
 READS = {"minilm_l6": "last_hidden_state=ignore"}
 
 

@@ -147,6 +147,13 @@ class CodebookOptions:
         return int(m.group(1))
 
 
+# The original's load-time peak, from below (benchmarks/bench_ram.py, bench_load.py): Python,
+# numpy and onnxruntime before any session hold 47 MiB, and loading takes 1.6x its weights'
+# bytes on MiniLM, 2.9x on the OCR model.
+LOAD_BASE = 47 * 2**20
+LOAD_PER_WEIGHT_BYTE = 1.5
+
+
 @dataclass
 class PlanOptions:
     """A target instead of fixed bits: the planner chooses how to store each tensor.
@@ -172,6 +179,12 @@ class PlanOptions:
         "original's weights (30%%); alone, the least error that fits, or with another target as a second bound",
         metavar="MB|N%",
     )
+    load_peak: float = _opt(
+        1.2,
+        "plans keep onnxruntime's memory peak while it loads the model (when the decoders fold) within about this many "
+        "times the original's, by an estimate; 0: no bound",
+        metavar="R",
+    )
     sensitivity: bool = _opt(True, "weight k-means by how much each value matters on the --inputs (--no-sensitivity: plain)")
     compensate: bool = _opt(
         True,
@@ -191,9 +204,21 @@ class PlanOptions:
         if not callable(self.metric) and self.metric not in METRIC_NAMES:
             raise CompressError(f"--metric must be one of {', '.join(METRIC_NAMES)}; got {self.metric!r}")
         self.ram_budget(1)  # raises on a bad --max-ram
+        if not (self.load_peak == 0 or 1 <= self.load_peak < float("inf")):
+            raise CompressError(
+                f"--load-peak must be 1 or more (times the original's peak), or 0 for no bound; got {self.load_peak}"
+            )
 
     def active(self) -> bool:
         return any(v is not None for v in (self.max_error, self.target_size, self.ratio, self.max_ram))
+
+    def load_budget(self, original_weights: int) -> int | None:
+        """What the decoders may add to the load-time peak under --load-peak, in bytes, or None.
+        The original's peak is estimated from below (LOAD_BASE + LOAD_PER_WEIGHT_BYTE x its
+        weights), so the budget errs small."""
+        if not self.load_peak:
+            return None
+        return int((self.load_peak - 1) * (LOAD_BASE + LOAD_PER_WEIGHT_BYTE * original_weights))
 
     def ram_budget(self, original_weights: int) -> int | None:
         """--max-ram in bytes (`original_weights`: what the original's weights take), or None."""

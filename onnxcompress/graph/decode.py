@@ -33,6 +33,31 @@ NATIVE_MIN_ORT = (1, 24, 4)
 UINT8_ADD_MIN_ORT = (1, 21)
 
 
+# What folding a decoder at load adds to onnxruntime's memory peak over loading the float
+# weight, in bytes per value, native onnxruntime (docs/deployment.md). The OCR model's 120 x
+# 18710 head alone: uint8 indices 0.9, native uint4 1.9, one bit plane 4.2-5.1, each further
+# plane 12-15 combined in INT32 and 5.3-5.9 in uint8. Small weights cost more per value: the
+# face net's two 7-bit weights (3 planes, INT32) took 46 where the head took 33. So the
+# estimate errs high, with each cost raised about as much.
+LOAD_PER_VALUE = {"uint8": 1.0, "native": 2.0, "plane": 5.0}
+LOAD_PER_EXTRA_PLANE = {"int32": 14.0, "uint8": 6.0}
+LOAD_RESHAPED = 4.0  # codebooks per channel or group: a Reshape of the float values
+
+
+def load_per_value(bits: int, layout: str, opset: int, target_ort: tuple[int, ...]) -> float:
+    """Bytes per value that folding this codebook's decoder adds to the load-time peak (an
+    estimate from LOAD_PER_VALUE; the planner holds plans to --load-peak with it)."""
+    planes = plane_widths(bits)
+    if bits == 8:
+        cost = LOAD_PER_VALUE["uint8"]
+    elif native_index_type(bits, opset, target_ort) is not None:
+        cost = LOAD_PER_VALUE["native"]
+    else:
+        combine = "uint8" if opset >= 14 and tuple(target_ort) >= UINT8_ADD_MIN_ORT else "int32"
+        cost = LOAD_PER_VALUE["plane"] + (len(planes) - 1) * LOAD_PER_EXTRA_PLANE[combine]
+    return cost + (0.0 if layout in ("tensor", "scaled") else LOAD_RESHAPED)
+
+
 def native_index_type(bits: int, opset: int, target_ort: tuple[int, ...]) -> int | None:
     entry = NATIVE_INDEX.get(bits)
     if entry and opset >= entry[1] and tuple(target_ort) >= NATIVE_MIN_ORT:

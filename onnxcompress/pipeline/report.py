@@ -218,7 +218,8 @@ class Report:
                 + (f", {kept} kept in float" if kept else "")
                 + f"; {len(p['candidates'])} candidates measured, {p['seconds']:.1f} s"
                 + _against_eight_bits(p)
-                + _ram_line(p),
+                + _ram_line(p)
+                + _load_line(p),
                 highlight=False,
             )
             if warning := too_few_inputs(p):
@@ -332,6 +333,18 @@ def _ram_line(plan: dict) -> str:
     share = ram["estimated"] / ram["original"] if ram["original"] else 0.0
     return (
         f"; weights in RAM once loaded {human(ram['estimated'])} ({share:.0%} of the original's), within {human(ram['budget'])}"
+    )
+
+
+def _load_line(plan: dict) -> str:
+    """What folding the plan's decoders adds at load (an estimate), against --load-peak."""
+    load = plan.get("load")
+    if not load:
+        return ""
+    held = f"; {len(load['held'])} tensors held to lighter decoders" if load["held"] else ""
+    return (
+        f"; decoders add about {human(load['estimated'])} to the load-time peak, within {human(load['budget'])} "
+        f"(--load-peak {load['peak']:g}){held}"
     )
 
 

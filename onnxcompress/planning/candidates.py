@@ -22,6 +22,7 @@ from ..encoding.lowrank import (
     singular_values,
     truncated_svd,
 )
+from ..graph.decode import load_per_value
 from ..graph.lookup import stays_packed
 from ..io.select import WeightSite
 from ..options import CodebookOptions, LowRankOptions
@@ -62,6 +63,7 @@ def tensor_options(
     long_channels: Codebook | None = None,
     opset: int = 11,
     block_bits: tuple[int, ...] = (),
+    target_ort: tuple[int, ...] = (1, 16),
 ) -> TensorOptions:
     """Every option's bytes and distortion for one weight; `curve`: the (weighted) SSE of its
     best per-tensor clustering for 1..256 levels (Codebook.sse_by_k of its 8-bit codebook), and
@@ -69,7 +71,8 @@ def tensor_options(
     `long_channels`'s summed over its channels (its 8-bit codebook per long channel, see
     long_channel_choice); `compensate`: its codebooks will be compensated (the planner scales
     their distortion); `opset`: the model's, for which codebooks stay packed in RAM; `block_bits`:
-    the widths of integer blocks onnxruntime keeps packed for it (runtime/fusion.py)."""
+    the widths of integer blocks onnxruntime keeps packed for it (runtime/fusion.py); `target_ort`:
+    the onnxruntime the decoders are made for (what folding them costs at load)."""
     a = site.array
     if importance is not None and not importance.any():
         importance = None  # no value matters on the calibration inputs: clustered plainly (codebook.py)
@@ -104,7 +107,7 @@ def tensor_options(
         blocks = encode_blocks(a, bits)
         distortion = weighted_sse(a, blocks.decoded(), importance) / norm
         options.append(Option(AsBlocks(bits, blocks.block, compensate), blocks.stored_bytes() + DECODER_BYTES, distortion))
-    options = [replace(o, ram=_ram(site, o, original_bytes, opset)) for o in options]
+    options = [replace(o, ram=_ram(site, o, original_bytes, opset), load=_load(site, o, opset, target_ort)) for o in options]
     return TensorOptions(site, lower_hull(options), lower_hull([o for o in options if o.ram < original_bytes]))
 
 
@@ -116,6 +119,16 @@ def _ram(site: WeightSite, o: Option, original_bytes: int, opset: int) -> int:
     if isinstance(c, AsBlocks) or (isinstance(c, AsCodebook) and stays_packed(site, c.bits, c.layout, opset)):
         return o.bytes - DECODER_BYTES
     return original_bytes
+
+
+def _load(site: WeightSite, o: Option, opset: int, target_ort: tuple[int, ...]) -> int:
+    """What folding the option's decoder at load adds to onnxruntime's peak (decode.load_per_value):
+    codebooks that fold; a lookup table decoded after the lookup, float16 (fused into a float
+    initializer) and integer blocks (kept packed) fold nothing of the kind."""
+    c = o.choice
+    if not isinstance(c, AsCodebook) or stays_packed(site, c.bits, c.layout, opset):
+        return 0
+    return int(site.array.size * load_per_value(c.bits, c.layout, opset, target_ort))
 
 
 def long_channel_choice(site: WeightSite, bits: int = 8) -> AsCodebook | None:

@@ -25,6 +25,7 @@ class Option:
     bytes: int = 0
     distortion: float = 0.0  # weighted SSE / weighted ||W||^2
     ram: int = 0  # what onnxruntime holds for it once loaded (the weight's float bytes unless it stays smaller)
+    load: int = 0  # what folding its decoder adds to onnxruntime's peak while it loads the model (an estimate)
 
     def key(self, name: str) -> tuple[str, Choice]:
         """What weight `name` stored this way is, whatever its bytes and distortion."""
@@ -54,6 +55,7 @@ class Plan:
     distortion: float
     measured: float | None = None  # the metric on the calibration inputs, once built
     slope: float = 0.0  # the Lagrangian slope that picked it
+    lightened: tuple[str, ...] = ()  # tensors moved to lighter decoders for --load-peak (lighten)
 
     def compressed(self) -> list[str]:
         return [name for name, o in self.choices.items() if not isinstance(o.choice, Keep)]
@@ -61,6 +63,10 @@ class Plan:
     @property
     def ram(self) -> int:
         return sum(o.ram for o in self.choices.values())
+
+    @property
+    def load(self) -> int:
+        return sum(o.load for o in self.choices.values())
 
     def recipe(self) -> Recipe:
         return Recipe({name: o.choice for name, o in self.choices.items()})
@@ -123,6 +129,42 @@ def hold_to_ram(tensors: list[TensorOptions], budget: int) -> list[str] | None:
     return [t.site.name for t in forced]
 
 
+def lighten(plan: Plan, tensors: list[TensorOptions], budget: int) -> Plan:
+    """`plan`, or while its decoders add more than `budget` bytes to onnxruntime's peak as it
+    folds them at load, the plan with one tensor after another moved to an option that adds
+    less and is no more distorted than the plan's own (more bits, or float16: the error cannot
+    grow), each time the move costing fewest bytes per byte of load saved. When no move is
+    left, every tensor is at its lightest such option: no plan that distorts no tensor more is
+    lighter."""
+    options = {t.site.name: t.options for t in tensors}
+    choices, moved = dict(plan.choices), list(plan.lightened)
+    while sum(o.load for o in choices.values()) > budget:
+        moves = [
+            ((o.bytes - now.bytes) / (now.load - o.load), name, o)
+            for name, now in choices.items()
+            for o in options[name]
+            if o.load < now.load and o.distortion <= plan.choices[name].distortion
+        ]
+        if not moves:
+            break
+        _, name, o = min(moves, key=lambda m: m[0])
+        choices[name] = o
+        moved.append(name)
+    if len(moved) == len(plan.lightened):
+        return plan
+    bytes_, distortion = sum(o.bytes for o in choices.values()), sum(o.distortion for o in choices.values())
+    return Plan(choices, bytes_, distortion, slope=plan.slope, lightened=tuple(dict.fromkeys(moved)))
+
+
+def lighter_ladder(plans: list[Plan], lighten_plan: Callable[[Plan], Plan]) -> list[Plan]:
+    """The ladder's plans lightened (lighten with a budget), smallest first, each once."""
+    out: dict[tuple, Plan] = {}
+    for plan in plans:
+        light = lighten_plan(plan)
+        out.setdefault(tuple(sorted((n, o.choice) for n, o in light.choices.items())), light)
+    return sorted(out.values(), key=lambda p: (p.bytes, p.distortion))
+
+
 def least_ram(tensors: list[TensorOptions]) -> int:
     """The least RAM any plan over these tensors holds once loaded."""
     return sum(min(o.ram for o in t.options + t.smaller_in_ram) for t in tensors)
@@ -153,9 +195,12 @@ def ladder(tensors: list[TensorOptions]) -> list[Plan]:
     return plans
 
 
-def plan_between(tensors: list[TensorOptions], low: Plan, high: Plan, tries: int = 60) -> Plan | None:
-    """A plan at a slope between `low`'s and `high`'s whose choices differ from both, or None
-    when the two are neighbours on the frontier. Bisects the slope in log space and only
+def plan_between(
+    tensors: list[TensorOptions], low: Plan, high: Plan, tries: int = 60, light: Callable[[Plan], Plan] | None = None
+) -> Plan | None:
+    """A plan at a slope between `low`'s and `high`'s whose choices differ from both (after
+    `light`, when the plans are lightened: lighten), or None when the two are neighbours on the
+    frontier. Bisects the slope in log space and only
     computes choices (no measuring), so a midpoint that repeats an end just narrows the range:
     stopping there instead missed every plan in between (10 tensors with 3 options each gave
     a ladder of 50, 100 and 200 bytes, and a 150-byte budget got 100)."""
@@ -164,7 +209,7 @@ def plan_between(tensors: list[TensorOptions], low: Plan, high: Plan, tries: int
         mid = math.sqrt(max(a, 1e-300) * b)
         if not a < mid < b:
             return None
-        p = plan_at(tensors, mid)
+        p = plan_at(tensors, mid) if light is None else light(plan_at(tensors, mid))
         if p.choices == low.choices:
             a = mid
         elif p.choices == high.choices:
@@ -174,7 +219,9 @@ def plan_between(tensors: list[TensorOptions], low: Plan, high: Plan, tries: int
     return None
 
 
-def within_size(tensors: list[TensorOptions], plans: list[Plan], budget: int, steps: int = 8) -> list[Plan]:
+def within_size(
+    tensors: list[TensorOptions], plans: list[Plan], budget: int, steps: int = 8, light: Callable[[Plan], Plan] | None = None
+) -> list[Plan]:
     """The ladder's plans whose estimated bytes fit `budget`, least distorted first, after up to
     `steps` new plans found between the largest that fits and the smallest that does not: the
     ladder's grid can jump over many choices at once (on the OCR model from 4.75 to 5.26 MB of
@@ -184,7 +231,7 @@ def within_size(tensors: list[TensorOptions], plans: list[Plan], budget: int, st
     if fitting and over:
         lo, hi = max(fitting, key=lambda p: p.bytes), min(over, key=lambda p: p.bytes)
         for _ in range(steps):
-            p = plan_between(tensors, lo, hi)
+            p = plan_between(tensors, lo, hi, light=light)
             if p is None:
                 break
             if p.bytes <= budget:
@@ -202,6 +249,7 @@ def search_error(
     trace: PlanTrace,
     tensors: list[TensorOptions] | None = None,
     refine: int = 4,
+    light: Callable[[Plan], Plan] | None = None,
 ) -> Plan | None:
     """The smallest plan on the ladder whose measured error is at most `target` (the measured
     error falls, not always strictly, as plans grow), then up to `refine` bisection steps on
@@ -243,7 +291,7 @@ def search_error(
     missed = candidates[lo - 1] if best is not None and lo > 0 else None
     for _ in range(refine if tensors and missed is not None and best is not None else 0):
         assert best is not None and missed is not None and tensors is not None
-        p = plan_between(tensors, missed, best)
+        p = plan_between(tensors, missed, best, light=light)
         if p is None:
             break
         p.measured = measure(p)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -36,7 +37,19 @@ from ..runtime.fusion import fused_blocks
 from ..runtime.sequence import run_twice
 from ..runtime.verify import run, session
 from .candidates import DECODER_BYTES, long_channel_choice, pair_options, tensor_options
-from .ladder import Plan, PlanTrace, TensorOptions, hold_to_ram, ladder, least_ram, lower_hull, search_error, within_size
+from .ladder import (
+    Plan,
+    PlanTrace,
+    TensorOptions,
+    hold_to_ram,
+    ladder,
+    least_ram,
+    lighten,
+    lighter_ladder,
+    lower_hull,
+    search_error,
+    within_size,
+)
 from .probe import Calibration, Probe, compensation_ratios, halves, output_gains
 
 # Added to each input feature's mean square (in units of their mean) in the importances the
@@ -77,7 +90,7 @@ def make_plan(
     long = [(w, c) for w in weights if low_bits and (c := long_channel_choice(w)) is not None]
     columns = {e.site.name: e.codebook for e in encoder.encode(long, progress)}
     block_bits = _block_widths(source, weights, opset, target_ort)
-    tensors = _candidates(weights, eight, scaled, columns, sizes, opset, encoder, block_bits)
+    tensors = _candidates(weights, eight, scaled, columns, sizes, opset, encoder, block_bits, target_ort)
     release_free_heap()  # the spectra and per-channel runs just freed
     try:
         probe: Probe | None = Probe(source, weights)
@@ -88,22 +101,27 @@ def make_plan(
     products = any(c.op_type == "MatMul" for w in weights for c in w.consumers)
     newer = products and (opset < BLOCKS_OPSET or tuple(target_ort) < BLOCKS_MIN_ORT[4])
     ram = _hold_to_ram(tensors, plan_o, tensor_bytes(source), sum(sizes.values()), newer)
-    plans = ladder(tensors)
+    load_budget = plan_o.load_budget(tensor_bytes(source))
+    light = None if load_budget is None else partial(lighten, tensors=tensors, budget=load_budget)
+    plans = ladder(tensors) if light is None else lighter_ladder(ladder(tensors), light)
     measure = _Measure(weights, encoder, calib, probe, build, progress)
     del probe  # the measure owns it, and lets it go before the chosen plan is confirmed
     other_bytes = file_bytes - sum(sizes.values())
     trace = PlanTrace()
     if plan_o.max_error is not None:
         held = f" with the weights held to --max-ram {plan_o.max_ram}" if ram else ""
-        target, best = _meet_error(plans, tensors, plan_o, measure, trace, held)
+        target, best = _meet_error(plans, tensors, plan_o, measure, trace, held, light)
     elif plan_o.target_size is not None or plan_o.ratio is not None:
-        target, best = _meet_size(plans, tensors, plan_o, measure, file_bytes, other_bytes)
+        target, best = _meet_size(plans, tensors, plan_o, measure, file_bytes, other_bytes, light)
     else:  # --max-ram alone: the least distorted plan that fits
         target, best = "", plans[-1]
         best.measured = measure.built(best.recipe())
     if ram:
         target = ", ".join(t for t in (target, f"--max-ram {ram['budget'] / 1e6:.3g} MB") if t)
         ram["estimated"] = ram.pop("other") + best.ram
+    load = None
+    if load_budget is not None:  # --load-peak: the budget, the plan's estimate, the tensors moved for it
+        load = {"budget": load_budget, "estimated": best.load, "held": list(best.lightened), "peak": plan_o.load_peak}
     info = {
         "target": target,
         "measured": best.measured,
@@ -117,6 +135,7 @@ def make_plan(
         "eight_bit_bytes": other_bytes + sum(min(sizes[w.name], eight[w.name].stored_bytes() + DECODER_BYTES) for w in weights),
         "seconds": time.perf_counter() - t0,
         "ram": ram or None,  # --max-ram: the budget, the original's weights and the plan's, in bytes
+        "load": load,
     }
     return best.recipe(), info
 
@@ -154,6 +173,7 @@ def _candidates(
     opset: int,
     encoder: Encoder,
     block_bits: dict[str, tuple[int, ...]],
+    target_ort: tuple[int, ...],
 ) -> list[TensorOptions]:
     """Each tensor's options on all cores; the pairs' encodings go to the encoder. Below opset
     11 only 8 bits per tensor and float16 (pairs of 8-bit codebooks need the same opset)."""
@@ -173,6 +193,7 @@ def _candidates(
                 columns.get(w.name),
                 opset,
                 block_bits.get(w.name, ()),
+                target_ort,
             )
             for w in weights
         ]
@@ -286,14 +307,20 @@ def _run_built(model: onnx.ModelProto, calib: Calibration) -> list[list[np.ndarr
 
 
 def _meet_error(
-    plans: list[Plan], tensors: list[TensorOptions], plan_o: PlanOptions, measure: _Measure, trace: PlanTrace, held: str = ""
+    plans: list[Plan],
+    tensors: list[TensorOptions],
+    plan_o: PlanOptions,
+    measure: _Measure,
+    trace: PlanTrace,
+    held: str = "",
+    light: Callable[[Plan], Plan] | None = None,
 ) -> tuple[str, Plan]:
     """The smallest plan measured within --max-error, confirmed on the built model; `held` says
-    what restricted the plans (--max-ram), for the error."""
+    what restricted the plans (--max-ram), for the error; `light`: --load-peak's lighten."""
     assert plan_o.max_error is not None
     metric = plan_o.metric if isinstance(plan_o.metric, str) else "your metric"
     target = f"--max-error {plan_o.max_error:g} ({metric})"
-    best = search_error(plans, plan_o.max_error, measure, trace, tensors)
+    best = search_error(plans, plan_o.max_error, measure, trace, tensors, light=light)
     measure.probe = None  # from here on every plan is built; its session held a copy of the weights
     # the probe runs without onnxruntime's fusions (constant weights; integer blocks, whose
     # MatMulNBits quantizes the activations too): confirm on the built model, and step up the
@@ -337,11 +364,17 @@ def _smallest_built_within(plans: list[Plan], limit: float, measure: _Measure, e
 
 
 def _meet_size(
-    plans: list[Plan], tensors: list[TensorOptions], plan_o: PlanOptions, measure: _Measure, file_bytes: int, other_bytes: int
+    plans: list[Plan],
+    tensors: list[TensorOptions],
+    plan_o: PlanOptions,
+    measure: _Measure,
+    file_bytes: int,
+    other_bytes: int,
+    light: Callable[[Plan], Plan] | None = None,
 ) -> tuple[str, Plan]:
     budget = int(plan_o.target_size * 1e6) if plan_o.target_size is not None else int(file_bytes / (plan_o.ratio or 1.0))
     target = f"--target-size {budget / 1e6:g} MB" if plan_o.target_size is not None else f"--ratio {plan_o.ratio:g}"
-    for p in within_size(tensors, [p for p in plans if p.compressed()], budget - other_bytes):
+    for p in within_size(tensors, [p for p in plans if p.compressed()], budget - other_bytes, light=light):
         if measure.build(p.recipe()).ByteSize() <= budget:  # the estimate leaves out small proto overheads: check
             p.measured = measure.built(p.recipe())
             return target, p

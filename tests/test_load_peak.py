@@ -1,0 +1,99 @@
+"""--load-peak: plans keep what folding their decoders adds to onnxruntime's load-time peak
+within a budget (graph/decode.py: load_per_value; planning/ladder.py: lighten), by moving
+tensors to options that fold lighter and are no more distorted."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+import onnxcompress as oc
+from onnxcompress.graph.decode import load_per_value, plane_widths
+from onnxcompress.options import LOAD_BASE, LOAD_PER_WEIGHT_BYTE, PlanOptions
+from onnxcompress.planning.ladder import Option, Plan, TensorOptions, lighten, lower_hull
+from onnxcompress.recipe import AsCodebook, Keep
+
+from models import F, make_model, weight
+from test_plan import site
+
+OLD, NEW = (1, 16), (1, 24, 4)
+
+
+def test_each_further_bit_plane_costs_more_at_load_and_less_combined_in_uint8():
+    one, two = load_per_value(1, "tensor", 11, OLD), load_per_value(3, "tensor", 11, OLD)
+    for bits in range(1, 8):
+        old = load_per_value(bits, "tensor", 11, OLD)
+        assert old == one + (len(plane_widths(bits)) - 1) * (two - one)
+        assert load_per_value(bits, "tensor", 14, (1, 21)) <= old  # uint8 Add: never dearer
+    assert load_per_value(8, "tensor", 11, OLD) < load_per_value(4, "tensor", 11, OLD) < load_per_value(3, "tensor", 11, OLD)
+    assert load_per_value(4, "tensor", 21, NEW) < load_per_value(4, "tensor", 11, OLD)  # native uint4: one Cast
+    assert load_per_value(4, "channel", 11, OLD) > load_per_value(4, "tensor", 11, OLD)  # a Reshape of the floats
+
+
+def options(rng: np.random.Generator, full: int) -> list[Option]:
+    opts = [Option(Keep(), full, 0.0)]
+    for bits in range(1, 9):
+        heavy = len(plane_widths(bits)) * 7 if bits < 8 else 1
+        opts.append(Option(AsCodebook(bits), full * bits // 32, float(rng.uniform(0.5, 1.5) / 4**bits), load=heavy * full))
+    return lower_hull(opts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.floats(0.0, 1.5))
+def test_a_lightened_plan_fits_the_budget_when_any_no_more_distorted_plan_does(seed, n_tensors, share):
+    """Brute force over every plan whose tensors are each no more distorted than the plan's:
+    lighten fits the budget exactly when one of them does, never adds distortion, and leaves a
+    plan within the budget as it is."""
+    rng = np.random.default_rng(seed)
+    tensors = [TensorOptions(site(f"w{t}"), options(rng, int(rng.integers(100, 1000)))) for t in range(n_tensors)]
+    start = {t.site.name: t.options[int(rng.integers(0, len(t.options)))] for t in tensors}
+    plan = Plan(start, sum(o.bytes for o in start.values()), sum(o.distortion for o in start.values()))
+    budget = int(share * plan.load)
+    light = lighten(plan, tensors, budget)
+    alternatives = [[o for o in t.options if o.distortion <= start[t.site.name].distortion] for t in tensors]
+    reachable = min(sum(o.load for o in combo) for combo in itertools.product(*alternatives))
+    assert (light.load <= budget) == (reachable <= budget)
+    assert all(o.distortion <= start[n].distortion for n, o in light.choices.items())
+    if plan.load <= budget:
+        assert light is plan
+    else:
+        assert set(light.lightened) == {n for n in start if light.choices[n] is not start[n]}
+
+
+def test_the_budget_is_a_share_of_the_originals_peak_estimated_from_below():
+    assert PlanOptions(load_peak=0).load_budget(10**8) is None
+    budget = PlanOptions(load_peak=1.5).load_budget(10**8)
+    assert budget == int(0.5 * (LOAD_BASE + LOAD_PER_WEIGHT_BYTE * 10**8))
+
+
+@pytest.mark.parametrize("value", [0.5, float("inf"), float("nan"), -1])
+def test_bad_load_peaks_are_one_line(value):
+    with pytest.raises(oc.CompressError, match="--load-peak must be 1 or more"):
+        oc.compress(big_matmul(), max_error=0.05, load_peak=value)
+
+
+def big_matmul():
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"])]
+    return make_model(nodes, [("x", F, ["batch", 256])], [("y", F, ["batch", 256])], [("W", weight(256, 256))])
+
+
+def test_a_tight_load_peak_keeps_bit_planes_off_and_reports_its_estimate(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(64, 256)).astype(np.float32)
+    free = oc.compress(big_matmul(), tmp_path / "free.onnx", max_error=0.05, calibration={"x": x}, load_peak=0)
+    assert free.report.plan["load"] is None
+    (w,) = free.report.tensors
+    assert len(plane_widths(w.bits)) > 1  # the bound is what changes the plan below
+    # 1.001: about 50 KB, under any bit plane's cost for 65,536 values, over uint8 indices'
+    held = oc.compress(big_matmul(), tmp_path / "held.onnx", max_error=0.05, calibration={"x": x}, load_peak=1.001)
+    (w,) = held.report.tensors
+    load = held.report.plan["load"]
+    assert load["estimated"] <= load["budget"] and load["held"] == ["W"] and load["peak"] == 1.001
+    assert w.bits == 8 or w.encoding == "float16"
+    assert max(o.task for o in held.report.outputs) <= 0.05
+    held.report.render()
+    assert "to the load-time peak, within" in " ".join(capsys.readouterr().out.split())
