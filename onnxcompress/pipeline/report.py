@@ -342,10 +342,10 @@ def _load_line(plan: dict) -> str:
     if not load:
         return ""
     held = f"; {len(load['held'])} tensors held to lighter decoders" if load["held"] else ""
-    return (
-        f"; decoders add about {human(load['estimated'])} to the load-time peak, within {human(load['budget'])} "
-        f"(--load-peak {load['peak']:g}){held}"
-    )
+    within = f"within {human(load['budget'])} (--load-peak {load['peak']:g}){held}"
+    if load["estimated"] <= 0:  # weights that stay packed save more than the decoders hold
+        return f"; load-time peak about the original's or less, {within}"
+    return f"; decoders add about {human(load['estimated'])} to the load-time peak, {within}"
 
 
 def output_rows(outputs: list[OutputDiff]) -> tuple[list[str], list[list[str]]]:
