@@ -337,6 +337,34 @@ MUTANTS = [
         "    top = 1 << (bits - 1)\n    grid =",
         ("tests/test_blocks.py",),
     ),
+    Mutant(
+        "attention masks: the written model verified on every row",
+        "onnxcompress/pipeline/stages.py",
+        "compare(ref.names, ref.outputs, candidate, ref.kinds, ref.feeds)",
+        "compare(ref.names, ref.outputs, candidate, ref.kinds)",
+        ("tests/test_padding.py",),
+    ),
+    Mutant(
+        "attention masks: ids entering a Gather as indices taken for a mask",
+        "onnxcompress/runtime/outputs.py",
+        'if node.op_type in MASK_STEPS and (node.op_type != "Gather" or node.input[0] == value):',
+        "if node.op_type in MASK_STEPS:",
+        ("tests/test_padding.py",),
+    ),
+    Mutant(
+        "--load-peak: a lighter option may be more distorted",
+        "onnxcompress/planning/ladder.py",
+        "if o.load < now.load and o.distortion <= plan.choices[name].distortion",
+        "if o.load < now.load",
+        ("tests/test_load_peak.py",),
+    ),
+    Mutant(
+        "--load-peak: further bit planes cost nothing at load",
+        "onnxcompress/graph/decode.py",
+        'LOAD_PER_EXTRA_PLANE = {"int32": 14.0, "uint8": 6.0}',
+        'LOAD_PER_EXTRA_PLANE = {"int32": 0.0, "uint8": 0.0}',
+        ("tests/test_load_peak.py",),
+    ),
 ]
 
 

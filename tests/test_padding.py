@@ -77,6 +77,30 @@ def test_an_integer_input_added_to_the_scores_before_a_softmax_is_an_attention_m
     assert kind.describe() == "embedding (rows where mask is 0 not measured)"
 
 
+def test_position_ids_gathered_into_the_scores_bias_are_no_mask():
+    """A relative-position bias: an integer [batch, seq] input whose values index a table added
+    to the scores. It reaches the Softmax, but through a Gather's indices, as ids do."""
+    model = encoder()
+    graph = model.graph
+    graph.input.append(helper.make_tensor_value_info("positions", I64, ["batch", "seq"]))
+    graph.initializer.append(numpy_helper.from_array(np.linspace(-1, 1, SEQ).astype(np.float32), "P"))
+    add = next(n for n in graph.node if n.output[0] == "masked")
+    add.input[1] = "both_bias"
+    graph.node.extend(
+        [
+            helper.make_node("Gather", ["P", "positions"], ["pos_bias"]),
+            helper.make_node("Unsqueeze", ["pos_bias", "axis1"], ["pos_bias3"]),
+            helper.make_node("Add", ["bias3", "pos_bias3"], ["both_bias"]),
+        ]
+    )
+    nodes = list(graph.node)  # the scores' chain after the new bias, in topological order
+    order = [n for n in nodes if n.output[0] not in ("masked", "p", "ctx", "res", "tokens")]
+    order += [n for n in nodes if n.output[0] in ("masked", "p", "ctx", "res", "tokens")]
+    del graph.node[:]
+    graph.node.extend(order)
+    assert attention_masks(model) == {("batch", "seq"): "mask"}
+
+
 def test_two_inputs_that_could_be_the_mask_leave_every_row_measured():
     assert attention_masks(encoder(extra_mask=True)) == {}
     assert output_kinds(encoder(extra_mask=True))["tokens"].mask is None
