@@ -182,7 +182,7 @@ class PlanOptions:
     load_peak: float = _opt(
         0.0,
         "plans keep onnxruntime's memory peak while it loads the model (when the decoders fold) within about this many "
-        "times the original's (1.2), by an estimate; 0: no bound",
+        "times the original's (say 1.2), by an estimate; 0: no bound",
         metavar="R",
     )
     sensitivity: bool = _opt(True, "weight k-means by how much each value matters on the --inputs (--no-sensitivity: plain)")

@@ -34,11 +34,11 @@ UINT8_ADD_MIN_ORT = (1, 21)
 
 
 # What folding a decoder at load adds to onnxruntime's memory peak over loading the float
-# weight, in bytes per value, native onnxruntime (docs/deployment.md). The OCR model's 120 x
-# 18710 head alone: uint8 indices 0.9, native uint4 1.9, one bit plane 4.2-5.1, each further
-# plane 12-15 combined in INT32 and 5.3-5.9 in uint8. Small weights cost more per value: the
-# face net's two 7-bit weights (3 planes, INT32) took 46 where the head took 33. So the
-# estimate errs high, with each cost raised about as much.
+# weight, in bytes per value, native onnxruntime (docs/deployment.md), from the OCR model's
+# 120 x 18710 head alone: uint8 indices 0.9, native uint4 1.9, one bit plane 4.2-5.1, each
+# further plane 12-15 combined in INT32 and 5.3-5.9 in uint8. Small weights cost more per value
+# (the face net's two 7-bit weights took 46 where the head took 33); the budget's estimate of
+# the original's peak errs low to make up for it (options.LOAD_PER_WEIGHT_BYTE).
 LOAD_PER_VALUE = {"uint8": 1.0, "native": 2.0, "plane": 5.0}
 LOAD_PER_EXTRA_PLANE = {"int32": 14.0, "uint8": 6.0}
 LOAD_RESHAPED = 4.0  # codebooks per channel or group: a Reshape of the float values

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import time
-from functools import partial
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import onnx
