@@ -19,10 +19,11 @@ VOCAB, WIDTH, BATCH, SEQ = 512, 32, 6, 10
 I64 = TensorProto.INT64
 
 
-def encoder(mask_input: str = "mask", extra_mask: bool = False):
+def encoder(extra_mask: bool = False, position_bias: bool = False):
     """ids, mask [batch, seq] -> one attention layer whose scores get (1 - mask) * -10000, then a
     LayerNormalization: token vectors [batch, seq, WIDTH]. The padding id 0 embeds far from the
-    other tokens (20 + noise), so a codebook blurs its rows most."""
+    other tokens (20 + noise), so a codebook blurs its rows most. `extra_mask`: a second input
+    added to the mask; `position_bias`: an input of positions whose table values join the bias."""
     rng = np.random.default_rng(7)
     nodes = [
         helper.make_node("Gather", ["E", "ids"], ["x"]),
@@ -30,7 +31,7 @@ def encoder(mask_input: str = "mask", extra_mask: bool = False):
         helper.make_node("MatMul", ["x", "Wk"], ["k"]),
         helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
         helper.make_node("MatMul", ["q", "kt"], ["scores"]),
-        helper.make_node("Cast", [mask_input], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
         helper.make_node("Sub", ["one", "m"], ["pad"]),
         helper.make_node("Mul", ["pad", "neg"], ["bias"]),
         helper.make_node("Unsqueeze", ["bias", "axis1"], ["bias3"]),
@@ -57,6 +58,16 @@ def encoder(mask_input: str = "mask", extra_mask: bool = False):
         nodes[5:5] = [helper.make_node("Add", ["mask", "mask2"], ["both"])]
         nodes[6].input[0] = "both"
         inputs.append(("mask2", I64, ["batch", "seq"]))
+    if position_bias:  # a relative-position bias: the positions index a table
+        at = next(i for i, n in enumerate(nodes) if n.output[0] == "masked")
+        nodes[at].input[1] = "both_bias"
+        nodes[at:at] = [
+            helper.make_node("Gather", ["P", "positions"], ["pos_bias"]),
+            helper.make_node("Unsqueeze", ["pos_bias", "axis1"], ["pos_bias3"]),
+            helper.make_node("Add", ["bias3", "pos_bias3"], ["both_bias"]),
+        ]
+        inputs.append(("positions", I64, ["batch", "seq"]))
+        inits.append(("P", np.linspace(-1, 1, SEQ).astype(np.float32)))
     return make_model(nodes, inputs, [("tokens", F, ["batch", "seq", WIDTH])], inits)
 
 
@@ -80,25 +91,7 @@ def test_an_integer_input_added_to_the_scores_before_a_softmax_is_an_attention_m
 def test_position_ids_gathered_into_the_scores_bias_are_no_mask():
     """A relative-position bias: an integer [batch, seq] input whose values index a table added
     to the scores. It reaches the Softmax, but through a Gather's indices, as ids do."""
-    model = encoder()
-    graph = model.graph
-    graph.input.append(helper.make_tensor_value_info("positions", I64, ["batch", "seq"]))
-    graph.initializer.append(numpy_helper.from_array(np.linspace(-1, 1, SEQ).astype(np.float32), "P"))
-    add = next(n for n in graph.node if n.output[0] == "masked")
-    add.input[1] = "both_bias"
-    graph.node.extend(
-        [
-            helper.make_node("Gather", ["P", "positions"], ["pos_bias"]),
-            helper.make_node("Unsqueeze", ["pos_bias", "axis1"], ["pos_bias3"]),
-            helper.make_node("Add", ["bias3", "pos_bias3"], ["both_bias"]),
-        ]
-    )
-    nodes = list(graph.node)  # the scores' chain after the new bias, in topological order
-    order = [n for n in nodes if n.output[0] not in ("masked", "p", "ctx", "res", "tokens")]
-    order += [n for n in nodes if n.output[0] in ("masked", "p", "ctx", "res", "tokens")]
-    del graph.node[:]
-    graph.node.extend(order)
-    assert attention_masks(model) == {("batch", "seq"): "mask"}
+    assert attention_masks(encoder(position_bias=True)) == {("batch", "seq"): "mask"}
 
 
 def test_two_inputs_that_could_be_the_mask_leave_every_row_measured():
