@@ -341,6 +341,10 @@ def _load_line(plan: dict) -> str:
     load = plan.get("load")
     if not load:
         return ""
+    if load["budget"] is None:  # no bound: say what the decoders cost, and what bounds it
+        if load["estimated"] <= 0:
+            return ""
+        return f"; decoders add about {human(load['estimated'])} to the load-time peak (an estimate; --load-peak bounds it)"
     held = f"; {len(load['held'])} tensors held to lighter decoders" if load["held"] else ""
     within = f"within {human(load['budget'])} (--load-peak {load['peak']:g}){held}"
     if load["estimated"] <= 0:  # weights that stay packed save more than the decoders hold

@@ -119,9 +119,9 @@ def make_plan(
     if ram:
         target = ", ".join(t for t in (target, f"--max-ram {ram['budget'] / 1e6:.3g} MB") if t)
         ram["estimated"] = ram.pop("other") + best.ram
-    load = None
-    if load_budget is not None:  # --load-peak: the budget, the plan's estimate, the tensors moved for it
-        load = {"budget": load_budget, "estimated": best.load, "held": list(best.lightened), "peak": plan_o.load_peak}
+    # what folding the plan's decoders adds at load (an estimate), and under --load-peak its budget
+    # and the tensors moved for it
+    load = {"estimated": best.load, "budget": load_budget, "held": list(best.lightened), "peak": plan_o.load_peak}
     info = {
         "target": target,
         "measured": best.measured,
