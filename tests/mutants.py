@@ -140,7 +140,7 @@ MUTANTS = [
     ),
     Mutant(
         "no warning when half the inputs miss the target",
-        "onnxcompress/pipeline/report.py",
+        "onnxcompress/pipeline/summary.py",
         "if limit is None or not parts or max(parts) <= limit:",
         "if limit is None or not parts or max(parts) <= limit or True:",
         ("tests/test_targets.py",),

@@ -82,6 +82,16 @@ def big_matmul():
     return make_model(nodes, [("x", F, ["batch", 256])], [("y", F, ["batch", 256])], [("W", weight(256, 256))])
 
 
+def test_a_plan_whose_decoders_outweigh_the_model_at_load_says_so():
+    from onnxcompress.pipeline.summary import heavy_load
+
+    plan = {"load": {"estimated": 491_000_000, "budget": None, "held": [], "peak": 0.0}}
+    assert "may take about 491.0 MB, more than the whole original model (90.4 MB)" in heavy_load(plan, 90_400_000)
+    assert heavy_load(plan, 500_000_000) is None  # less than the model itself
+    assert heavy_load({"load": {**plan["load"], "budget": 10**8}}, 90_400_000) is None  # bounded: the line says it
+    assert heavy_load({}, 1) is None  # a report from before the estimate
+
+
 def test_a_tight_load_peak_keeps_bit_planes_off_and_reports_its_estimate(tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(64, 256)).astype(np.float32)
     free = oc.compress(big_matmul(), tmp_path / "free.onnx", max_error=0.05, calibration={"x": x}, load_peak=0)

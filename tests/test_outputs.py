@@ -358,7 +358,7 @@ def test_a_nan_in_the_compressed_output_never_meets_a_target(kind):
 def test_a_share_of_decisions_over_too_few_of_them_says_so(capsys):
     """64 rows at 0.01: "met" means none changed, and the report says that one more change on
     other inputs would be 1.6%."""
-    from onnxcompress.pipeline.report import too_few_decisions
+    from onnxcompress.pipeline.summary import too_few_decisions
 
     model = classifier()
     few = [{"x": np.random.default_rng(9).normal(size=(64, 64)).astype(np.float32)}]

@@ -203,7 +203,7 @@ def test_halves_cut_feeds_or_the_rows_of_a_shared_batch():
 
 
 def test_a_target_that_cannot_be_checked_on_halves_says_so():
-    from onnxcompress.pipeline.report import too_few_inputs
+    from onnxcompress.pipeline.summary import too_few_inputs
 
     assert "could not be checked on halves" in too_few_inputs({"max_error": 0.01, "measured": 0.009, "halves": []})
     assert too_few_inputs({"max_error": None, "measured": 0.009, "halves": []}) is None  # a size target

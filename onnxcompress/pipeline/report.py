@@ -15,6 +15,7 @@ from rich.text import Text
 from ..encoding.encoded import EncodedWeight, weight_bytes
 from ..encoding.lowrank import multiply_adds
 from ..runtime.verify import OutputDiff
+from .summary import against_eight_bits, heavy_load, human, load_line, ram_line, too_few_decisions, too_few_inputs
 
 
 @dataclass
@@ -217,13 +218,15 @@ class Report:
                 f"plan for {p['target']}: measured {p['measured']:.3g}; {mix}"
                 + (f", {kept} kept in float" if kept else "")
                 + f"; {len(p['candidates'])} candidates measured, {p['seconds']:.1f} s"
-                + _against_eight_bits(p)
-                + _ram_line(p)
-                + _load_line(p),
+                + against_eight_bits(p)
+                + ram_line(p)
+                + load_line(p),
                 highlight=False,
             )
             if warning := too_few_inputs(p):
                 console.print(Text(warning, style="yellow"))
+            if note := heavy_load(p, self.file_bytes_before):
+                console.print(Text(note, style="yellow"))
             if note := too_few_decisions(self.outputs, p, self.settings.get("metric")):
                 console.print(Text(note, style="yellow"))
         where = f"\nwrote {escape(str(self.output))}" if self.output else ""
@@ -273,85 +276,6 @@ def blocks_note(tensors: list[TensorReport]) -> str | None:
     )
 
 
-def too_few_inputs(plan: dict) -> str | None:
-    """The warning for an error target the plan met on all the inputs but not on half of them:
-    on the benchmark models, the plans this flags (the OCR model, MiniLM) were also the ones
-    that missed the target on inputs they had not seen (3x and 1.4x)."""
-    limit, parts = plan.get("max_error"), plan.get("halves") or []
-    if limit is not None and not parts:
-        return (
-            "note: the target could not be checked on halves of the inputs (one feed whose inputs share no batch); "
-            "pass several feeds (NAME@K keys) to have it checked"
-        )
-    if limit is None or not parts or max(parts) <= limit:
-        return None
-    return (
-        f"warning: the target is met on all the inputs ({plan['measured']:.3g}), but halves of them measure "
-        f"{min(parts):.3g} to {max(parts):.3g}: too few inputs for the target to be sure of; pass more of them "
-        "(and check the result on others with `onnxcompress compare`), or a lower --max-error"
-    )
-
-
-def too_few_decisions(outputs: list[OutputDiff], plan: dict, metric: str | None) -> str | None:
-    """The note for a share-of-decisions target over fewer decisions than it can resolve: at
-    0.01 over the face net's 32 held-out faces, "met" means that none changed there, and one
-    change elsewhere is already 3%."""
-    limit = plan.get("max_error")
-    if limit is None or metric != "task":
-        return None
-    few = [d for d in outputs if 0 < d.decisions and d.decisions * limit < 1]
-    if not few:
-        return None
-    units = {"changed class": "positions", "sequences read differently": "sequences", "flipped at 0.5": "decisions"}
-    listed = ", ".join(f"{d.name} ({d.decisions} {units.get(d.measure, 'decisions')})" for d in few)
-    return (
-        f"note: --max-error {limit:g} is a share of decisions, and {listed} counted fewer than {1 / limit:.0f}: "
-        "there it means that none may change, and one change on other inputs would be a larger share; pass more "
-        "inputs to measure a rate"
-    )
-
-
-def _against_eight_bits(plan: dict) -> str:
-    """How the plan's estimated size compares with uniform 8 bits per tensor's."""
-    if not plan.get("eight_bit_bytes") or not plan.get("estimated_bytes"):
-        return ""
-    ratio = plan["eight_bit_bytes"] / plan["estimated_bytes"]
-    if ratio >= 1.005:
-        than = f"{ratio:.2f}x smaller than"
-    elif ratio <= 0.995:
-        than = f"{(1 / ratio - 1) * 100:.0f}% larger than"  # the target needs more than 8 bits give
-    else:
-        than = "about the size of"
-    return f"; {than} uniform 8 bits ({human(plan['eight_bit_bytes'])})"
-
-
-def _ram_line(plan: dict) -> str:
-    """What the plan's weights take in RAM once loaded, against --max-ram."""
-    ram = plan.get("ram")
-    if not ram:
-        return ""
-    share = ram["estimated"] / ram["original"] if ram["original"] else 0.0
-    return (
-        f"; weights in RAM once loaded {human(ram['estimated'])} ({share:.0%} of the original's), within {human(ram['budget'])}"
-    )
-
-
-def _load_line(plan: dict) -> str:
-    """What folding the plan's decoders adds at load (an estimate), against --load-peak."""
-    load = plan.get("load")
-    if not load:
-        return ""
-    if load["budget"] is None:  # no bound: say what the decoders cost, and what bounds it
-        if load["estimated"] <= 0:
-            return ""
-        return f"; decoders add about {human(load['estimated'])} to the load-time peak (an estimate; --load-peak bounds it)"
-    held = f"; {len(load['held'])} tensors held to lighter decoders" if load["held"] else ""
-    within = f"within {human(load['budget'])} (--load-peak {load['peak']:g}){held}"
-    if load["estimated"] <= 0:  # weights that stay packed save more than the decoders hold
-        return f"; load-time peak about the original's or less, {within}"
-    return f"; decoders add about {human(load['estimated'])} to the load-time peak, {within}"
-
-
 def output_rows(outputs: list[OutputDiff]) -> tuple[list[str], list[list[str]]]:
     """The differences per output as text cells: (header, rows), with what each output is, the
     measure its kind reads (what --max-error bounds by default) and its value, a top-1
@@ -397,12 +321,3 @@ def make_console(stderr: bool = False) -> Console:
     """A console at least 120 columns wide: piped output keeps whole tables."""
     probe = Console(stderr=stderr)
     return Console(stderr=stderr, width=None if probe.is_terminal else max(probe.width, 140))
-
-
-def human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB"):
-        if abs(value) < 1000:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"
