@@ -36,6 +36,7 @@ import onnx
 
 from ..encoding.compensate import Covariance, as_rows
 from ..io.select import WeightSite
+from .outputs import value_readers
 from .verify import run, session
 
 UNSEEN_ROW_FLOOR = 0.1  # an embedding row never looked up weighs this much of the mean row
@@ -72,7 +73,7 @@ def calibrate(
     does not: see api.compress); `floor`: added to every input feature's mean square, in units
     of their mean (the planner's plan.FEATURE_FLOOR)."""
     wanted = {w.name: w for w in weights}
-    readers = _readers(model.graph)
+    readers = value_readers(model.graph)
     constants = {t.name for t in model.graph.initializer} | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     rules: dict[str, list[_Rule | None]] = defaultdict(list)
@@ -213,17 +214,6 @@ def _expand(vector: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     shape = [1] * ndim
     shape[axis] = vector.size
     return vector.reshape(shape)
-
-
-def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Per value name, the nodes that read it; graph outputs count as a reader (None)."""
-    out: dict[str, list] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            out[name].append(node)
-    for o in graph.output:
-        out[o.name].append(None)
-    return out
 
 
 def _softmax_after(

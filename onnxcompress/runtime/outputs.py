@@ -24,6 +24,7 @@ is followed through Transpose and Identity only, where it stays known."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, replace
 
 import onnx
@@ -104,10 +105,7 @@ def attention_masks(model: onnx.ModelProto) -> dict[tuple, str]:
     with both dims named or fixed, that reach a Softmax through MASK_STEPS alone (an input of
     ids reaches an embedding's Gather first)."""
     graph = model.graph
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = value_readers(graph)
     constants = {t.name for t in graph.initializer}
     masks: dict[tuple, str | None] = {}
     for inp in graph.input:
@@ -119,12 +117,25 @@ def attention_masks(model: onnx.ModelProto) -> dict[tuple, str]:
     return {dims: name for dims, name in masks.items() if name is not None}
 
 
-def _reaches_softmax(name: str, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
+def value_readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto | None]]:
+    """Per value name, the nodes that read it; graph outputs count as a reader (None)."""
+    out: dict[str, list[onnx.NodeProto | None]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            out[name].append(node)
+    for o in graph.output:
+        out[o.name].append(None)
+    return out
+
+
+def _reaches_softmax(name: str, consumers: dict[str, list[onnx.NodeProto | None]]) -> bool:
     frontier, seen = [name], {name}
     for _ in range(MASK_DEPTH):
         step = []
         for value in frontier:
             for node in consumers.get(value, []):
+                if node is None:  # a graph output
+                    continue
                 if node.op_type == "Softmax":
                     return True
                 if node.op_type in MASK_STEPS and (node.op_type != "Gather" or node.input[0] == value):
