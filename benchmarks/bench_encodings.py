@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from onnxcompress.encoding.codebook import encode_codebook
-from onnxcompress.encoding.compensate import Covariance, compensate, compensated_rounding
+from onnxcompress.encoding.compensate import Covariance, compensate, compensated_rounding, output_distortion
 from onnxcompress.io.load import load_model
 from onnxcompress.io.select import WeightSite, select_weights
 from onnxcompress.options import CodebookOptions, SelectOptions
@@ -55,12 +55,12 @@ PAIR_FIT_SAMPLE = 200_000
 LLOYD_STEPS = 25
 
 
-def distortion(w: np.ndarray, approx: np.ndarray, h: np.ndarray) -> float:
-    d = approx - w
-    return float(np.einsum("ij,ij->", d, h @ d) / np.einsum("ij,ij->", w, h @ w))
+def distortion(site: WeightSite, cov: Covariance, approx_rows: np.ndarray) -> float:
+    """compensate.output_distortion of an approximation given as rows (Covariance.as_rows)."""
+    return output_distortion(site.array, cov.from_rows(approx_rows, site.array.shape), cov)
 
 
-def reference_curve(site: WeightSite, cov: Covariance, h: np.ndarray) -> tuple[dict[int, float], dict[int, np.ndarray]]:
+def reference_curve(site: WeightSite, cov: Covariance) -> tuple[dict[int, float], dict[int, np.ndarray]]:
     """Per width, the best compensated per-tensor or scaled codebook's distortion and its error
     D (rows view)."""
     a = site.array
@@ -71,7 +71,7 @@ def reference_curve(site: WeightSite, cov: Covariance, h: np.ndarray) -> tuple[d
         for layout in ("tensor", "scaled"):
             cb = compensate(a, encode_codebook(a, CodebookOptions(bits=bits, granularity=layout), site.channel_axis()), cov)
             d = cov.as_rows(cb.decoded().astype(np.float64)) - w
-            if (dist := distortion(w, w + d, h)) < curve[bits]:
+            if (dist := output_distortion(a, cb.decoded(), cov)) < curve[bits]:
                 curve[bits], errors[bits] = dist, d
     return curve, errors
 
@@ -125,7 +125,7 @@ def with_outliers(site: WeightSite, cov: Covariance, h: np.ndarray, bits: int) -
         return idx, levels
 
     compensated_rounding(a, cov, record)
-    return distortion(w, rounded, h)
+    return distortion(site, cov, rounded)
 
 
 def lowrank_residual(site: WeightSite, cov: Covariance, h: np.ndarray, bits: int, rank: int) -> float:
@@ -140,7 +140,7 @@ def lowrank_residual(site: WeightSite, cov: Covariance, h: np.ndarray, bits: int
     pair = left @ right
     residual = cov.from_rows(w - pair, a.shape).astype(np.float32)
     cb = compensate(residual, encode_codebook(residual, CodebookOptions(bits=bits)), cov)
-    return distortion(w, pair + cov.as_rows(cb.decoded().astype(np.float64)), h)
+    return distortion(site, cov, pair + cov.as_rows(cb.decoded().astype(np.float64)))
 
 
 def lloyd_2d(points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -181,7 +181,7 @@ def pair_gain(site: WeightSite, cov: Covariance, h: np.ndarray, bits: int) -> tu
     centers = lloyd_2d(points, pw, 1 << (2 * bits), np.random.default_rng(0))
     approx = w.copy()
     approx[:, :cols] = centers[assign_2d(points, centers)].reshape(w.shape[0], cols)
-    return distortion(w, scalar, h), distortion(w, approx, h), centers.size * 32 / w.size
+    return distortion(site, cov, scalar), distortion(site, cov, approx), centers.size * 32 / w.size
 
 
 def output_means(model: onnx.ModelProto, cov: dict[str, Covariance], feed: dict) -> dict[str, np.ndarray]:
@@ -230,7 +230,7 @@ def measure_weight(model, site, cov, mu) -> dict:
     a = site.array
     h = cov.matrix.astype(np.float64)
     w = cov.as_rows(a.astype(np.float64))
-    curve, errors = reference_curve(site, cov, h)
+    curve, errors = reference_curve(site, cov)
     row = {"weight": site.name, "shape": list(a.shape), "curve": curve}
     norm = float(np.einsum("ij,ij->", w, h @ w))
     extra = 0.0 if has_bias(model, site.name) else 32 * w.shape[1] / w.size
