@@ -66,6 +66,8 @@ def _cases() -> dict[str, tuple[onnx.ModelProto, dict, tuple[int, ...]]]:
         "4-bit-lookup-rows": (ALL["embedding"](), {"bits": 4}, (0,)),
         "8-bit-lookup-scaled": (ALL["embedding"](), {"bits": 8, "granularity": "scaled"}, (0,)),
         "1-bit-lookup-channel-padded": (columns_table(512)[0], {"bits": 1, "granularity": "channel"}, (0,)),
+        "7-bit-lookup-planes": (ALL["embedding"](), {"bits": 7}, (0,)),
+        "3-bit-lookup-scaled-padded": (columns_table(512)[0], {"bits": 3, "granularity": "scaled"}, (0,)),
         "int4-blocks-plan": (blocks21, {"max_ram": "20%", "target_ort": "1.24.4", "calibration": {"x": x21}}, (1, 24, 4)),
         "int8-blocks-plan": (blocks21, {"max_ram": "40%", "target_ort": "1.32", "calibration": {"x": x21}}, (1, 32)),
         "constant-node": (ALL["constant_node"](), {"bits": 4}, (0,)),

@@ -1,6 +1,6 @@
 """Lookup tables decoded after each lookup (graph/lookup.py): the same outputs as the table
-decoded at load, to the bit, at every packed width and layout, while the table stays packed
-in onnxruntime."""
+decoded at load, to the bit, at every width and layout, while the table stays packed in
+onnxruntime."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def table_site(model: onnx.ModelProto):
 IDS = {"ids": np.array([[0, 5, -1, 299], [17, 17, -300, 2]], dtype=np.int64)}  # negative ids count from the end
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("layout,axis", [("tensor", 0), ("scaled", 0), ("scaled", 1), ("channel", 0), ("channel", 1)])
 def test_lookup_gives_the_decoded_table_to_the_bit(bits, layout, axis):
     model = embedding()
@@ -53,6 +53,24 @@ def test_lookup_gives_the_decoded_table_to_the_bit(bits, layout, axis):
     onnx.checker.check_model(rewritten, full_check=True)
     expected = outputs(substitute_decoded(model, [(site, cb)]), IDS)
     np.testing.assert_array_equal(outputs(rewritten, IDS)[0], expected[0])
+
+
+@pytest.mark.parametrize("bits", [3, 5, 6, 7])
+@pytest.mark.parametrize("layout,axis", [("tensor", 0), ("channel", 1)])
+def test_rows_that_end_inside_a_byte_of_each_plane(bits, layout, axis):
+    """13 columns: each plane's last byte a row holds padding, cut off after the lookup."""
+    model = make_model(
+        [helper.make_node("Gather", ["E", "ids"], ["y"], axis=0)],
+        [("ids", TensorProto.INT64, ["batch", "seq"])],
+        [("y", TensorProto.FLOAT, ["batch", "seq", 13])],
+        [("E", weight(300, 13))],
+    )
+    site = table_site(model)
+    cb = encode_codebook(site.array, CodebookOptions(bits=bits, granularity=layout), axis)
+    rewritten, stored = rewrite_graph(model, [(site, cb)])
+    assert stored == {"E": "rows"}
+    onnx.checker.check_model(rewritten, full_check=True)
+    np.testing.assert_array_equal(outputs(rewritten, IDS)[0], outputs(substitute_decoded(model, [(site, cb)]), IDS)[0])
 
 
 def test_float16_table_with_float32_scales_comes_back_as_float16():
@@ -94,25 +112,27 @@ def test_scalar_id_and_a_table_read_by_two_lookups():
     assert len(packed) == 1 and list(packed[0].dims) == [300, 12, 1]  # one packed table for both lookups
 
 
-def test_the_table_stays_packed_in_onnxruntime(tmp_path):
-    """onnxruntime's optimized graph holds the packed rows and no float copy of the table."""
+@pytest.mark.parametrize("bits,planes", [(4, {"E::rows": 12}), (7, {"E::rows4": 12, "E::rows2": 6, "E::rows1": 3})])
+def test_the_table_stays_packed_in_onnxruntime(tmp_path, bits, planes):
+    """onnxruntime's optimized graph holds the packed rows (one array per bit plane, P bytes a
+    row) and no float or index copy of the table."""
     model = embedding()
     site = table_site(model)
-    cb = encode_codebook(site.array, CodebookOptions(bits=4), 0)
+    cb = encode_codebook(site.array, CodebookOptions(bits=bits), 0)
     rewritten, _ = rewrite_graph(model, [(site, cb)])
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(rewritten.SerializeToString(), options, providers=["CPUExecutionProvider"])
     held = {t.name: t for t in onnx.load(tmp_path / "optimized.onnx").graph.initializer}
-    assert held["E::rows"].data_type == TensorProto.UINT8
-    floats = [int(np.prod(t.dims)) for t in held.values() if t.data_type == TensorProto.FLOAT]
-    assert max(floats) < 300 * 24 // 8
+    for name, per_row in planes.items():
+        assert held[name].data_type == TensorProto.UINT8 and list(held[name].dims) == [300, per_row, 1]
+    others = [int(np.prod(t.dims)) for name, t in held.items() if name not in planes]
+    assert max(others) < 300 * 24 // 8
 
 
 @pytest.mark.parametrize(
     "why,model_or_bits",
     [
-        ("3 bits pack across bytes", 3),
         ("Gather along axis 1", "axis1"),
         ("opset 10 has no BitShift", "opset10"),
     ],

@@ -4,10 +4,14 @@ those. Nothing here reads only constants, so onnxruntime folds nothing: once loa
 holds its bits per value, not the 4 bytes per value a decoder folded at load leaves behind
 (MiniLM's word embedding: 12.1 MB instead of 47 MB, and the same outputs to the bit).
 
-Per lookup Gather(table, ids) -> Y, with P packed bytes per row:
+Below 8 bits the indices are split into bit planes of width 4, 2 and 1, as the decoders
+that fold are (decode.plane_widths: 7 bits = 4 + 2 + 1), each plane packed row by row. Per
+lookup Gather(table, ids) -> Y, for each plane (one at 8 bits), with P packed bytes per row:
     Gather(rows [n, P] or [n, P, 1], ids)          the looked-up rows, still packed
-    BitShift left, right (when bits < 8)           [.., P, 8/bits] -> Reshape [.., P*8/bits], Slice
-    Cast INT32                                     the levels' indices
+    BitShift left, right (when bits < 8)           [.., P, 8/width] -> Reshape [.., P*8/width], Slice
+    BitShift left by the plane's offset            (from the second plane on; in uint8)
+    Cast INT32, and Add the planes                 the levels' indices (only the looked-up rows:
+                                                   onnxruntime 1.16 has no uint8 Add)
     Gather(levels, indices)                        the values; per column, indices offset to column j's
                                                    levels first; per row, GatherElements on the
                                                    looked-up rows' levels
@@ -23,10 +27,8 @@ import onnx_graphsurgeon as gs
 
 from ..encoding.codebook import Codebook
 from ..io.select import WeightSite
-from .decode import pack_little_end
+from .decode import pack_little_end, plane_widths
 
-# Widths whose values pack whole into a byte; other widths fold at load as every codebook does.
-LOOKUP_BITS = (1, 2, 4, 8)
 # Slice with starts/ends as inputs and BitShift: opset 11.
 LOOKUP_OPSET = 11
 
@@ -34,14 +36,14 @@ LOOKUP_OPSET = 11
 def stays_packed(site: WeightSite, bits: int, layout: str, opset: int) -> bool:
     """Whether a codebook of this width and layout for `site` is decoded after each lookup
     (and stays packed in RAM): a 2-D initializer read only by main-graph Gathers along axis 0,
-    at a width that packs whole into bytes, in one of the layouts a row lookup can decode."""
+    in one of the layouts a row lookup can decode, at any width from 1 to 8 bits."""
     rows_in_main_graph = all(not c.in_subgraph and c.attrs.get("axis", 0) == 0 for c in site.consumers)
     return (
         site.is_lookup_table
         and rows_in_main_graph
         and site.location == "initializer"
         and site.array.ndim == 2
-        and bits in LOOKUP_BITS
+        and 1 <= bits <= 8
         and layout in ("tensor", "scaled", "channel")
         and opset >= LOOKUP_OPSET
     )
@@ -57,6 +59,15 @@ def packed_rows(codes: np.ndarray, bits: int) -> np.ndarray:
     padded = np.zeros((n, width * per_byte), dtype=np.uint8)
     padded[:, :cols] = codes
     return np.frombuffer(pack_little_end(padded.reshape(-1), bits), dtype=np.uint8).reshape(n, width)
+
+
+def row_planes(cb: Codebook) -> list[tuple[int, int, np.ndarray]]:
+    """(width, bit offset, packed rows) of each plane of the codebook's indices: one [n, cols]
+    uint8 plane at 8 bits, else [n, P, 1] bytes per plane (decode.plane_widths)."""
+    codes = row_codes(cb)
+    if cb.bits == 8:
+        return [(8, 0, codes)]
+    return [(w, at, packed_rows((codes >> at) & ((1 << w) - 1), w)[:, :, None]) for w, at in plane_widths(cb.bits)]
 
 
 def row_codes(cb: Codebook) -> np.ndarray:
@@ -79,8 +90,11 @@ def replace_lookups(graph: gs.Graph, table: gs.Tensor, cb: Codebook, name: str, 
 def _constants(cb: Codebook, name: str) -> dict[str, gs.Constant]:
     """The packed rows, levels, offsets and scales, shared by every lookup of the table."""
     rows, k = cb.shape[0], cb.k
-    packed = row_codes(cb) if cb.bits == 8 else packed_rows(row_codes(cb), cb.bits)[:, :, None]
-    out = {"rows": gs.Constant(f"{name}::rows", np.ascontiguousarray(packed))}
+    planes = row_planes(cb)
+    out = {}
+    for width, _, packed in planes:  # named "rows" alone when one plane holds the indices
+        stored = "rows" if len(planes) == 1 else f"rows{width}"
+        out[f"rows{width}"] = gs.Constant(f"{name}::{stored}", np.ascontiguousarray(packed))
     per_row = cb.layout == "channel" and cb.axis == 0  # [rows, k]: gathered by the ids like the rows
     levels = cb.centroids if per_row else cb.centroids.reshape(-1)
     out["levels"] = gs.Constant(f"{name}::codebook", np.ascontiguousarray(levels))
@@ -105,19 +119,17 @@ def _decode_after(gather: gs.Node, cb: Codebook, consts: dict[str, gs.Constant],
     def const(what: str, values: np.ndarray) -> gs.Constant:
         return gs.Constant(f"{out.name}::{what}", np.ascontiguousarray(values))
 
-    x = add("Gather", [consts["rows"], ids], axis=0)
-    if cb.bits < 8:
-        per_byte, cols = 8 // cb.bits, cb.shape[1]
-        lefts = np.array([8 - cb.bits * (j + 1) for j in range(per_byte)], dtype=np.uint8)
-        x = add("BitShift", [x, const("shl", lefts)], direction="LEFT")
-        x = add("BitShift", [x, const("shr", np.array([8 - cb.bits], dtype=np.uint8))], direction="RIGHT")
-        width = -(-cols // per_byte) * per_byte
-        shape = add("Concat", [add("Shape", [ids]), const("width", np.array([width], dtype=np.int64))], axis=0)
-        x = add("Reshape", [x, shape])
-        if width != cols:
-            ends = [const("start", np.array([0], dtype=np.int64)), const("cols", np.array([cols], dtype=np.int64))]
-            x = add("Slice", [x, *ends, const("last", np.array([-1], dtype=np.int64))])
-    x = add("Cast", [x], to=onnx.TensorProto.INT32)
+    index = None
+    for width, offset in [(8, 0)] if cb.bits == 8 else plane_widths(cb.bits):
+        x = add("Gather", [consts[f"rows{width}"], ids], axis=0)
+        if width < 8:
+            x = _unpacked(add, const, x, ids, width, cb.shape[1])
+        if offset:
+            x = add("BitShift", [x, const(f"up{offset}", np.array([offset], dtype=np.uint8))], direction="LEFT")
+        x = add("Cast", [x], to=onnx.TensorProto.INT32)
+        index = x if index is None else add("Add", [index, x])
+    assert index is not None
+    x = index
     if cb.layout == "channel" and cb.axis == 0:  # each looked-up row's own levels, [.., k]
         x = add("GatherElements", [add("Gather", [consts["levels"], ids], axis=0), x], axis=-1)
     else:
@@ -134,3 +146,18 @@ def _decode_after(gather: gs.Node, cb: Codebook, consts: dict[str, gs.Constant],
         add("Cast", [x], to=onnx_dtype)
     nodes[-1].outputs = [out]
     return nodes
+
+
+def _unpacked(add, const, x: gs.Variable, ids: gs.Variable, width: int, cols: int) -> gs.Variable:
+    """Looked-up rows of one plane, [.., P, 1] bytes -> [.., cols] uint8 values < 2^width."""
+    per_byte = 8 // width
+    lefts = np.array([8 - width * (j + 1) for j in range(per_byte)], dtype=np.uint8)
+    x = add("BitShift", [x, const(f"shl{width}", lefts)], direction="LEFT")
+    x = add("BitShift", [x, const(f"shr{width}", np.array([8 - width], dtype=np.uint8))], direction="RIGHT")
+    padded = -(-cols // per_byte) * per_byte
+    shape = add("Concat", [add("Shape", [ids]), const(f"width{width}", np.array([padded], dtype=np.int64))], axis=0)
+    x = add("Reshape", [x, shape])
+    if padded != cols:
+        ends = [const(f"start{width}", np.array([0], dtype=np.int64)), const(f"cols{width}", np.array([cols], dtype=np.int64))]
+        x = add("Slice", [x, *ends, const(f"last{width}", np.array([-1], dtype=np.int64))])
+    return x
