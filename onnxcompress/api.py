@@ -79,8 +79,8 @@ def compress(
     With max_error, target_size, ratio or max_ram, a planner picks bits and granularity per
     tensor (see planning/plan.py). `max_ram` ("30%" of the original's weights, or megabytes)
     bounds what onnxruntime holds of the weights once loaded (graph/lookup.py: lookup tables stay
-    packed). `load_peak` (say 1.2; 0, the default: no bound) holds a plan's decoders to about
-    that many times the original's memory peak while onnxruntime folds them at load. The default
+    packed). `load_peak` (1.2 by default; 0: no bound) holds a plan's decoders to about that
+    many times the original's memory peak while onnxruntime folds them at load. The default
     metric, "task", measures each output as its kind reads it
     (runtime/outputs.py, runtime/verify.task_measure; `output_kind` "NAME=KIND,..." overrides the
     kinds read from the graph, or "NAME=ignore" leaves an output out); `metric` may also be a

@@ -289,6 +289,13 @@ MUTANTS = [
         ("tests/test_lookup.py",),
     ),
     Mutant(
+        "decoders: a codebook of fewer levels than 2^bits repeated to 256 as if whole",
+        "onnxcompress/graph/decode.py",
+        'return single_plane and cb.layout in ("tensor", "scaled") and cb.centroids.shape[-1] == 1 << cb.bits',
+        'return single_plane and cb.layout in ("tensor", "scaled")',
+        ("tests/test_decode.py",),
+    ),
+    Mutant(
         "lookup tables: a plane's values left at its low bits",
         "onnxcompress/graph/lookup.py",
         "        if offset:\n",

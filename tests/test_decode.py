@@ -91,3 +91,29 @@ def test_indices_are_stored_at_exactly_bits_bits():
         stored = sum(t.values.nbytes for n in nodes for t in n.inputs if isinstance(t, gs.Constant) and "indices" in t.name)
         assert stored == sum(-(-w.size // (8 // wd)) for wd, _ in plane_widths(bits)) if bits < 8 else w.size
         assert stored <= -(-w.size * bits // 8) + 3
+
+
+@pytest.mark.parametrize("bits", range(1, 8))
+@pytest.mark.parametrize("layout", ["tensor", "scaled", "channel"])
+def test_a_single_plane_reads_a_repeated_codebook_with_no_mask(bits, layout):
+    """One codebook of 2^bits levels in one plane (1, 2, 4 bits): a BitShift right and a
+    Gather from the codebook repeated to 256 levels; a uint8 copy fewer at load than masking each
+    value first. Every other decoder masks."""
+    w = np.random.default_rng(bits).normal(size=(64, 33)).astype(np.float32)
+    cb = encode_codebook(w, CodebookOptions(bits=bits, granularity=layout), 1)
+    nodes, _ = build_decoder(cb, "W", gs.Variable("W", dtype=np.float32, shape=[64, 33]), onnx.TensorProto.FLOAT, 17)
+    ops = [n.op for n in nodes]
+    repeated = bits in (1, 2, 4) and layout != "channel"
+    assert ops.count("Concat") == (8 - bits if repeated else 0)
+    assert ops.count("BitShift") == (1 if repeated else 2 * len(plane_widths(bits)) + (len(plane_widths(bits)) - 1))
+    np.testing.assert_array_equal(decoded_in_onnxruntime(cb), cb.decoded().astype(np.float32))
+
+
+def test_a_codebook_with_fewer_levels_than_its_width_masks():
+    """Three distinct values at 4 bits: 3 levels, which a 256-level repetition would misplace."""
+    w = np.random.default_rng(1).choice(np.array([-1.0, 0.5, 2.0], dtype=np.float32), size=(40, 30))
+    cb = encode_codebook(w, CodebookOptions(bits=4))
+    assert cb.centroids.shape[-1] < 16
+    nodes, _ = build_decoder(cb, "W", gs.Variable("W", dtype=np.float32, shape=[40, 30]), onnx.TensorProto.FLOAT, 17)
+    assert "Concat" not in [n.op for n in nodes]
+    np.testing.assert_array_equal(decoded_in_onnxruntime(cb), w)

@@ -7,15 +7,15 @@ from ..runtime.verify import OutputDiff
 
 
 def heavy_load(plan: dict, original_bytes: int) -> str | None:
-    """The note for an unbounded plan whose decoders hold more than the whole original model
-    while onnxruntime folds them at load (MiniLM at 0.05: about 491 MB for a 90 MB model, a
-    load peak of 3.8x the original's), or None."""
+    """The note for a plan unbounded by --load-peak 0 whose decoders hold more than the whole
+    original model while onnxruntime folds them at load (MiniLM at 0.05 before its table stayed
+    packed: about 491 MB for a 90 MB model, a load peak of 3.8x the original's), or None."""
     load = plan.get("load") or {}
     if load.get("budget") is not None or load.get("estimated", 0) <= original_bytes:
         return None
     return (
         f"note: folding these decoders at load may take about {human(load['estimated'])}, more than the whole original "
-        f"model ({human(original_bytes)}); --load-peak 1.2 holds a plan near the original's load-time peak, at some size"
+        f"model ({human(original_bytes)}); without --load-peak 0, plans stay near the original's load-time peak, at some size"
     )
 
 
@@ -90,7 +90,7 @@ def load_line(plan: dict) -> str:
     if load["budget"] is None:  # no bound: say what the decoders cost, and what bounds it
         if load["estimated"] <= 0:
             return ""
-        return f"; decoders add about {human(load['estimated'])} to the load-time peak (an estimate; --load-peak bounds it)"
+        return f"; decoders add about {human(load['estimated'])} to the load-time peak (an estimate, unbounded: --load-peak 0)"
     held = f"; {len(load['held'])} tensors held to lighter decoders" if load["held"] else ""
     within = f"within {human(load['budget'])} (--load-peak {load['peak']:g}){held}"
     if load["estimated"] <= 0:  # weights that stay packed save more than the decoders hold
