@@ -4,7 +4,8 @@ indices they read.
 Indices are stored at exactly `bits` bits each, split into bit planes of width 4, 2 or 1
 (bits = 7 is 4 + 2 + 1). A plane of width w holds 8/w values per byte, in plane-major order:
 byte i holds values i, N + i, 2N + i, ... in bits [0, w), [w, 2w), ... Two BitShift nodes
-with broadcast shift amounts unpack a whole plane (opset 11, onnxruntime 1.16+). The index
+with broadcast shift amounts unpack a whole plane (opset 11, onnxruntime 1.16+); one, when a
+single plane feeds one codebook repeated to 256 levels (_byte_table). The index
 becomes INT32 once (Gather rejects uint8; INT64 costs more peak memory at load), then Gather
 (one codebook) or GatherElements (one per channel or group) looks the values up.
 onnxruntime folds all of it into a plain initializer at load.
