@@ -15,7 +15,7 @@ def heavy_load(plan: dict, original_bytes: int) -> str | None:
         return None
     return (
         f"note: folding these decoders at load may take about {human(load['estimated'])}, more than the whole original "
-        f"model ({human(original_bytes)}); without --load-peak 0, plans stay near the original's load-time peak, at some size"
+        f"model ({human(original_bytes)}); the default --load-peak 1.2 holds a plan near the original's load-time peak"
     )
 
 
