@@ -114,3 +114,20 @@ def test_a_tight_load_peak_keeps_bit_planes_off_and_reports_its_estimate(tmp_pat
     assert max(o.task for o in held.report.outputs) <= 0.05
     held.report.render()
     assert "(--load-peak 1.001)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_size_target_says_what_the_bound_ruled_out(tmp_path, capsys):
+    """At 30 KB for 65,536 values the best plan is 3 bits, in two bit planes (about 1.2 MB at
+    load); a budget of about 0.5 MB leaves one plane, 2 bits. The report says what was given up."""
+    x = np.random.default_rng(1).normal(size=(64, 256)).astype(np.float32)
+    held = oc.compress(big_matmul(), tmp_path / "held.onnx", target_size=0.03, calibration={"x": x}, load_peak=1.01)
+    free = oc.compress(big_matmul(), tmp_path / "free.onnx", target_size=0.03, calibration={"x": x}, load_peak=0)
+    (h,), (f,) = held.report.tensors, free.report.tensors
+    assert len(plane_widths(f.bits)) > 1 and len(plane_widths(h.bits)) == 1
+    ruled_out = held.report.plan["load"]["unbounded"]
+    assert (
+        ruled_out["bytes"] <= 30_000 and ruled_out["distortion"] < 0.9 and ruled_out["load"] > held.report.plan["load"]["budget"]
+    )
+    assert "unbounded" not in free.report.plan["load"]
+    held.report.render()
+    assert "--load-peak 1.01 ruled out a plan of" in " ".join(capsys.readouterr().out.split())

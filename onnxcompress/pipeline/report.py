@@ -15,7 +15,16 @@ from rich.text import Text
 from ..encoding.encoded import EncodedWeight, weight_bytes
 from ..encoding.lowrank import multiply_adds
 from ..runtime.verify import OutputDiff
-from .summary import against_eight_bits, heavy_load, human, load_line, ram_line, too_few_decisions, too_few_inputs
+from .summary import (
+    against_eight_bits,
+    heavy_load,
+    human,
+    load_bound_cost,
+    load_line,
+    ram_line,
+    too_few_decisions,
+    too_few_inputs,
+)
 
 
 @dataclass
@@ -225,8 +234,9 @@ class Report:
             )
             if warning := too_few_inputs(p):
                 console.print(Text(warning, style="yellow"))
-            if note := heavy_load(p, self.file_bytes_before):
-                console.print(Text(note, style="yellow"))
+            for note in (heavy_load(p, self.file_bytes_before), load_bound_cost(p)):
+                if note:
+                    console.print(Text(note, style="yellow"))
             if note := too_few_decisions(self.outputs, p, self.settings.get("metric")):
                 console.print(Text(note, style="yellow"))
         where = f"\nwrote {escape(str(self.output))}" if self.output else ""

@@ -19,6 +19,18 @@ def heavy_load(plan: dict, original_bytes: int) -> str | None:
     )
 
 
+def load_bound_cost(plan: dict) -> str | None:
+    """The note for a size target that --load-peak held to a more distorted plan, or None."""
+    free = (plan.get("load") or {}).get("unbounded")
+    if not free:
+        return None
+    return (
+        f"note: --load-peak {plan['load']['peak']:g} ruled out a plan of {human(free['bytes'])} about "
+        f"{1 / free['distortion']:.1f}x less distorted (an estimate), whose decoders would add about "
+        f"{human(max(free['load'], 0))} at load; --load-peak 0 allows it"
+    )
+
+
 def too_few_inputs(plan: dict) -> str | None:
     """The warning for an error target the plan met on all the inputs but not on half of them:
     on the benchmark models, the plans this flags (the OCR model, MiniLM) were also the ones
