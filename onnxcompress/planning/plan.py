@@ -48,6 +48,7 @@ from .ladder import (
     lighter_ladder,
     lower_hull,
     search_error,
+    unbounded_within,
     within_size,
 )
 from .probe import Calibration, Probe, compensation_ratios, halves, output_gains
@@ -114,7 +115,7 @@ def make_plan(
         target, best = _meet_error(plans, tensors, plan_o, measure, trace, held, light)
     elif plan_o.target_size is not None or plan_o.ratio is not None:
         target, best = _meet_size(plans, tensors, plan_o, measure, file_bytes, other_bytes, light)
-        bound_cost = None if light is None else _unbounded_within(tensors, best, _size_budget(plan_o, file_bytes) - other_bytes)
+        bound_cost = None if light is None else unbounded_within(tensors, best, _size_budget(plan_o, file_bytes) - other_bytes)
     else:  # --max-ram alone: the least distorted plan that fits
         target, best = "", plans[-1]
         best.measured = measure.built(best.recipe())
@@ -391,16 +392,6 @@ def _meet_size(
 
 def _size_budget(plan_o: PlanOptions, file_bytes: int) -> int:
     return int(plan_o.target_size * 1e6) if plan_o.target_size is not None else int(file_bytes / (plan_o.ratio or 1.0))
-
-
-def _unbounded_within(tensors: list[TensorOptions], chosen: Plan, budget: int) -> dict | None:
-    """What --load-peak cost a size target: the least distorted plan within `budget` with no
-    load bound, when it is at least 10% less distorted (by the estimate) than `chosen`, else None.
-    On the face net, --target-size 0.40 gave 340 KB at 0.027 held, 383 KB at 0.010 unbounded."""
-    free = within_size(tensors, [p for p in ladder(tensors) if p.compressed()], budget)
-    if not free or free[0].distortion >= 0.9 * chosen.distortion:
-        return None
-    return {"bytes": free[0].bytes, "load": free[0].load, "distortion": free[0].distortion / max(chosen.distortion, 1e-30)}
 
 
 def _curve(cb: Codebook) -> np.ndarray:
