@@ -17,6 +17,7 @@ from ..encoding.lowrank import multiply_adds
 from ..runtime.verify import OutputDiff
 from .summary import (
     against_eight_bits,
+    fixed_load,
     heavy_load,
     human,
     load_bound_cost,
@@ -216,6 +217,8 @@ class Report:
                 "would hold them all at once; the outputs come from the same ops)",
                 highlight=False,
             )
+        if not self.plan and (note := fixed_load(self.tensors, self.settings, self.file_bytes_before)):
+            console.print(Text(note, style="yellow"))
         if self.plan:
             p = self.plan
             bits: dict[str, int] = {}
