@@ -148,8 +148,8 @@ MUTANTS = [
     Mutant(
         "within_size: no slope bisection",
         "onnxcompress/planning/ladder.py",
-        "budget: int, steps: int = 8)",
-        "budget: int, steps: int = 0)",
+        "budget: int, steps: int = 8, light",
+        "budget: int, steps: int = 0, light",
         ("tests/test_plan.py",),
     ),
     Mutant(
@@ -227,8 +227,8 @@ MUTANTS = [
     Mutant(
         "bit planes moved up by one bit too many",
         "onnxcompress/graph/decode.py",
-        'b.const(f"up{offset}", np.array([offset], dtype=np.uint8))',
-        'b.const(f"up{offset}", np.array([offset + 1], dtype=np.uint8))',
+        '_shift(b, x, "LEFT", f"up{offset}", [offset])',
+        '_shift(b, x, "LEFT", f"up{offset}", [offset + 1])',
         ("tests/test_decode.py",),
     ),
     Mutant(
