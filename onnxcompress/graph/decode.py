@@ -83,6 +83,12 @@ def pack_little_end(values: np.ndarray, width: int) -> bytes:
     return packed.astype(np.uint8).tobytes()
 
 
+def to_top_bits(width: int) -> list[int]:
+    """Left shifts that move value j of a packed byte (bits [j*width, (j+1)*width)) to the top
+    bits, so that a right shift by 8 - width then leaves it alone."""
+    return [8 - width * (j + 1) for j in range(8 // width)]
+
+
 def plane_widths(bits: int) -> list[tuple[int, int]]:
     """(width, bit offset) of each plane, low bits first: 7 -> [(4, 0), (2, 4), (1, 6)]."""
     out, offset = [], 0
@@ -138,6 +144,7 @@ def build_decoder(
     one_codebook = cb.layout in ("tensor", "scaled")
     index_shape = cb.shape if one_codebook else cb.labels.shape
     native = native_index_type(cb.bits, opset, target_ort)
+    byte_table = _byte_table(cb)
     if cb.bits == 8:
         idx = b.node("Cast", [b.const("indices", cb.labels.reshape(index_shape))], attrs={"to": onnx.TensorProto.INT32})
         stored = "uint8"
@@ -148,11 +155,11 @@ def build_decoder(
         stored = "uint4" if native == onnx.TensorProto.UINT4 else "uint2"
     else:
         in_uint8 = opset >= 14 and tuple(target_ort) >= UINT8_ADD_MIN_ORT
-        idx = _unpack(b, cb.labels.reshape(-1), cb.bits, index_shape, in_uint8, unmasked=_byte_table(cb))
+        idx = _unpack(b, cb.labels.reshape(-1), cb.bits, index_shape, in_uint8, unmasked=byte_table)
         stored = "planes"
     if one_codebook:
         codebook = b.const("codebook", cb.centroids[0])
-        for _ in range(8 - cb.bits if _byte_table(cb) else 0):  # level b mod 2^bits at each byte b: no mask
+        for _ in range(8 - cb.bits if byte_table else 0):  # level b mod 2^bits at each byte b: no mask
             codebook = b.node("Concat", [codebook, codebook], attrs={"axis": 0})  # any type (Tile has no float16)
         vals = b.node("Gather", [codebook, idx], attrs={"axis": 0})
         if cb.scale is not None:  # each channel's levels times its scale, in the scale's type
@@ -256,7 +263,7 @@ def _unpack(
         if unmasked:  # value j of each byte to the low bits, [per_byte, N]
             x = _shift(b, x, "RIGHT", f"shr{width}", [width * j for j in range(per_byte)])
         else:  # value j to the top bits, then down to the low ones: the bits above it gone
-            x = _shift(b, x, "LEFT", f"shl{width}", [8 - width * (j + 1) for j in range(per_byte)])
+            x = _shift(b, x, "LEFT", f"shl{width}", to_top_bits(width))
             x = _shift(b, x, "RIGHT", f"shr{width}", [8 - width])
         if per_byte * packed.shape[1] != total:  # the last byte's padding goes
             x = b.node("Reshape", [x, b.const("flat", np.array([-1], dtype=np.int64))])

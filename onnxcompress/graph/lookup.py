@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from ..encoding.codebook import Codebook
 from ..io.select import WeightSite
-from .decode import pack_little_end, plane_widths
+from .decode import pack_little_end, plane_widths, to_top_bits
 
 # Slice with starts/ends as inputs and BitShift: opset 11.
 LOOKUP_OPSET = 11
@@ -151,8 +151,7 @@ def _decode_after(gather: gs.Node, cb: Codebook, consts: dict[str, gs.Constant],
 def _unpacked(add, const, x: gs.Variable, ids: gs.Variable, width: int, cols: int) -> gs.Variable:
     """Looked-up rows of one plane, [.., P, 1] bytes -> [.., cols] uint8 values < 2^width."""
     per_byte = 8 // width
-    lefts = np.array([8 - width * (j + 1) for j in range(per_byte)], dtype=np.uint8)
-    x = add("BitShift", [x, const(f"shl{width}", lefts)], direction="LEFT")
+    x = add("BitShift", [x, const(f"shl{width}", np.array(to_top_bits(width), dtype=np.uint8))], direction="LEFT")
     x = add("BitShift", [x, const(f"shr{width}", np.array([8 - width], dtype=np.uint8))], direction="RIGHT")
     padded = -(-cols // per_byte) * per_byte
     shape = add("Concat", [add("Shape", [ids]), const(f"width{width}", np.array([padded], dtype=np.int64))], axis=0)

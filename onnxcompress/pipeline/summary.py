@@ -3,8 +3,10 @@ the RAM and load-time estimates, and the warnings for a target the inputs cannot
 
 from __future__ import annotations
 
+import math
+
 from ..graph.decode import load_per_value, plane_widths
-from ..options import LOAD_BASE, LOAD_PER_WEIGHT_BYTE
+from ..options import LOAD_BASE, LOAD_PEAK, LOAD_PER_WEIGHT_BYTE, TargetOptions
 from ..runtime.verify import OutputDiff
 
 # Fixed settings are not held to a load-time peak; they get a note when the estimate passes half
@@ -22,7 +24,7 @@ def heavy_load(plan: dict, original_bytes: int) -> str | None:
         return None
     return (
         f"note: folding these decoders at load may take about {human(load['estimated'])}, more than the whole original "
-        f"model ({human(original_bytes)}); the default --load-peak 1.2 holds a plan near the original's load-time peak"
+        f"model ({human(original_bytes)}); the default --load-peak {LOAD_PEAK:g} holds a plan near the original's load-time peak"
     )
 
 
@@ -41,10 +43,10 @@ def load_bound_cost(plan: dict) -> str | None:
 def fixed_load(tensors: list, settings: dict, original_bytes: int) -> str | None:
     """The note for fixed settings whose decoders fold heavily at load (bit planes combined
     in INT32), or None. `tensors`: the report's TensorReports."""
-    target = tuple(int(x) for x in str(settings.get("target_ort", "1.16")).split("."))
+    target = TargetOptions(target_ort=str(settings.get("target_ort", "1.16"))).ort_version()
     opset = int(settings.get("opset", 11))
     folding = [t for t in tensors if t.encoding == "codebook" and t.indices in ("uint8", "planes", "uint4", "uint2")]
-    added = sum(_values(t.shape) * load_per_value(t.bits, t.layout or "tensor", opset, target) for t in folding)
+    added = sum(math.prod(t.shape) * load_per_value(t.bits, t.layout or "tensor", opset, target) for t in folding)
     if added <= FIXED_LOAD_NOTE * (LOAD_BASE + LOAD_PER_WEIGHT_BYTE * original_bytes):
         return None
     widths = sorted({t.bits for t in folding if len(plane_widths(t.bits)) > 1})
@@ -52,15 +54,8 @@ def fixed_load(tensors: list, settings: dict, original_bytes: int) -> str | None
     return (
         f"note: folding these decoders at load may add about {human(int(added))} to onnxruntime's memory peak (an "
         f"estimate, for a {human(original_bytes)} model){why}; --bits 4 or 8 fold lighter, and plans hold it to "
-        "about 1.2x the original's (--load-peak)"
+        f"about {LOAD_PEAK:g}x the original's (--load-peak)"
     )
-
-
-def _values(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def too_few_inputs(plan: dict) -> str | None:

@@ -306,11 +306,12 @@ def search_error(
     return best
 
 
-def unbounded_within(tensors: list[TensorOptions], chosen: Plan, budget: int) -> dict | None:
+def unbounded_within(tensors: list[TensorOptions], plans: list[Plan], chosen: Plan, budget: int) -> dict | None:
     """What --load-peak cost a size target: the least distorted plan within `budget` with no
-    load bound, when it is at least 10% less distorted (by the estimate) than `chosen`, else None.
-    On the face net, --target-size 0.40 gave 340 KB at 0.027 held, 383 KB at 0.010 unbounded."""
-    free = within_size(tensors, [p for p in ladder(tensors) if p.compressed()], budget)
+    load bound (`plans`: the ladder before lighten), when it is at least 10% less distorted (by
+    the estimate) than `chosen`, else None. On the face net, --target-size 0.40 gave 340 KB at
+    0.027 held, 383 KB at 0.010 unbounded."""
+    free = within_size(tensors, [p for p in plans if p.compressed()], budget)
     if not free or free[0].distortion >= 0.9 * chosen.distortion:
         return None
     return {"bytes": free[0].bytes, "load": free[0].load, "distortion": free[0].distortion / max(chosen.distortion, 1e-30)}

@@ -104,7 +104,8 @@ def make_plan(
     ram = _hold_to_ram(tensors, plan_o, tensor_bytes(source), sum(sizes.values()), newer)
     load_budget = plan_o.load_budget(tensor_bytes(source))
     light = None if load_budget is None else partial(lighten, tensors=tensors, budget=load_budget)
-    plans = ladder(tensors) if light is None else lighter_ladder(ladder(tensors), light)
+    unbounded = ladder(tensors)
+    plans = unbounded if light is None else lighter_ladder(unbounded, light)
     measure = _Measure(weights, encoder, calib, probe, build, progress)
     del probe  # the measure owns it, and lets it go before the chosen plan is confirmed
     other_bytes = file_bytes - sum(sizes.values())
@@ -115,7 +116,8 @@ def make_plan(
         target, best = _meet_error(plans, tensors, plan_o, measure, trace, held, light)
     elif plan_o.target_size is not None or plan_o.ratio is not None:
         target, best = _meet_size(plans, tensors, plan_o, measure, file_bytes, other_bytes, light)
-        bound_cost = None if light is None else unbounded_within(tensors, best, _size_budget(plan_o, file_bytes) - other_bytes)
+        if light is not None:
+            bound_cost = unbounded_within(tensors, unbounded, best, _size_budget(plan_o, file_bytes) - other_bytes)
     else:  # --max-ram alone: the least distorted plan that fits
         target, best = "", plans[-1]
         best.measured = measure.built(best.recipe())
