@@ -117,3 +117,14 @@ def test_a_codebook_with_fewer_levels_than_its_width_masks():
     nodes, _ = build_decoder(cb, "W", gs.Variable("W", dtype=np.float32, shape=[40, 30]), onnx.TensorProto.FLOAT, 17)
     assert "Concat" not in [n.op for n in nodes]
     np.testing.assert_array_equal(decoded_in_onnxruntime(cb), w)
+
+
+@pytest.mark.parametrize("bits,opset", [(4, 21), (2, 25)])
+def test_native_indices_read_the_codebook_as_it_is(bits, opset):
+    """uint4 and uint2 indices are whole values after their Cast: no repetition to 256 levels."""
+    w = np.random.default_rng(bits).normal(size=(64, 33)).astype(np.float32)
+    cb = encode_codebook(w, CodebookOptions(bits=bits))
+    out = gs.Variable("W", dtype=np.float32, shape=[64, 33])
+    nodes, stored = build_decoder(cb, "W", out, onnx.TensorProto.FLOAT, opset, (1, 24, 4))
+    assert stored == f"uint{bits}" and [n.op for n in nodes] == ["Cast", "Gather"]
+    np.testing.assert_array_equal(decoded_in_onnxruntime(cb, opset=opset, target_ort=(1, 24, 4)), cb.decoded().astype(np.float32))

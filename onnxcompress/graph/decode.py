@@ -144,7 +144,7 @@ def build_decoder(
     one_codebook = cb.layout in ("tensor", "scaled")
     index_shape = cb.shape if one_codebook else cb.labels.shape
     native = native_index_type(cb.bits, opset, target_ort)
-    byte_table = _byte_table(cb)
+    byte_table = native is None and _byte_table(cb)  # native indices come unpacked: nothing to mask
     if cb.bits == 8:
         idx = b.node("Cast", [b.const("indices", cb.labels.reshape(index_shape))], attrs={"to": onnx.TensorProto.INT32})
         stored = "uint8"
