@@ -145,7 +145,7 @@ def test_sub_byte_codebooks_need_opset_11():
     old.ir_version = 5
     with pytest.raises(oc.CompressError, match="opset 11"):
         oc.compress(old, bits=4, min_elements=64, verify=False)
-    # 8-bit tensor codebooks need only Cast, Gather and Reshape
+    # 8-bit tensor codebooks need only MatMulInteger (opset 10) and Gather
     out = oc.compress(old, bits=8, min_elements=64, verify=False).model
     assert out.opset_import[0].version == 10
     feed = feed_for(old)

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxcompress.encoding.codebook import encode_codebook
-from onnxcompress.graph.decode import build_decoder, pack_plane, plane_widths
+from onnxcompress.graph.decode import IDENTITY_MAX, build_decoder, pack_plane, plane_widths
 from onnxcompress.options import CodebookOptions
 
 
@@ -46,7 +46,7 @@ def decoded_in_onnxruntime(cb, dtype=np.float32, opset=17, target_ort=(1, 16)):
 
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("layout", ["tensor", "channel", "scaled", "group:7"])
-@pytest.mark.parametrize("shape,axis", [((13, 11), 1), ((6, 5, 3, 3), 0), ((1000,), 0)])
+@pytest.mark.parametrize("shape,axis", [((13, 11), 1), ((9, 40), 1), ((6, 5, 3, 3), 0), ((1000,), 0)])
 def test_decoder_rebuilds_the_codebook_exactly(bits, layout, shape, axis):
     w = np.random.default_rng(bits).normal(size=shape).astype(np.float32)
     cb = encode_codebook(w, CodebookOptions(bits=bits, granularity=layout), axis)
@@ -128,3 +128,31 @@ def test_native_indices_read_the_codebook_as_it_is(bits, opset):
     nodes, stored = build_decoder(cb, "W", out, onnx.TensorProto.FLOAT, opset, (1, 24, 4))
     assert stored == f"uint{bits}" and [n.op for n in nodes] == ["Cast", "Gather"]
     np.testing.assert_array_equal(decoded_in_onnxruntime(cb, opset=opset, target_ort=(1, 24, 4)), cb.decoded().astype(np.float32))
+
+
+@pytest.mark.parametrize("bits", [8, 4, 3])
+@pytest.mark.parametrize("shape", [(5, IDENTITY_MAX), (5, IDENTITY_MAX + 1), (IDENTITY_MAX + 1,), (3, 2, 1, 17), (4, 3, 3)])
+def test_indices_become_int32_by_a_product_not_a_cast(bits, shape):
+    """onnxruntime-web's Cast kernel is a wasm function that V8 recompiles once it runs hot (200 MiB
+    of a Chromium tab for a second, docs/deployment.md): from opset 10 the indices become INT32 by
+    a MatMulInteger, by the identity where the last axis is short and by a 1-D row of one through
+    a length-1 axis where it is long, in the index's own shape either way."""
+    w = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
+    cb = encode_codebook(w, CodebookOptions(bits=bits), 0)
+    nodes, _ = build_decoder(cb, "W", gs.Variable("W", dtype=np.float32, shape=list(shape)), onnx.TensorProto.FLOAT, 17)
+    ops = [n.op for n in nodes]
+    assert "Cast" not in ops and ops.count("MatMulInteger") == (1 if bits in (8, 4) else len(plane_widths(bits)))
+    products = [n for n in nodes if n.op == "MatMulInteger"]
+    short = shape[-1] <= IDENTITY_MAX
+    for n in products:
+        factor = n.inputs[1] if short else n.inputs[0]
+        assert factor.values.tolist() == (np.eye(shape[-1], dtype=np.uint8).tolist() if short else [1])
+    np.testing.assert_array_equal(decoded_in_onnxruntime(cb), cb.decoded().astype(np.float32))
+
+
+def test_opsets_before_matmul_integer_cast_8_bit_indices():
+    w = np.random.default_rng(0).normal(size=(20, 30)).astype(np.float32)
+    cb = encode_codebook(w, CodebookOptions(bits=8))
+    nodes, stored = build_decoder(cb, "W", gs.Variable("W", dtype=np.float32, shape=[20, 30]), onnx.TensorProto.FLOAT, 9)
+    assert stored == "uint8" and [n.op for n in nodes] == ["Cast", "Gather"]
+    np.testing.assert_array_equal(decoded_in_onnxruntime(cb, opset=9), cb.decoded().astype(np.float32))

@@ -6,9 +6,10 @@ Indices are stored at exactly `bits` bits each, split into bit planes of width 4
 byte i holds values i, N + i, 2N + i, ... in bits [0, w), [w, 2w), ... Two BitShift nodes
 with broadcast shift amounts unpack a whole plane (opset 11, onnxruntime 1.16+); one, when a
 single plane feeds one codebook repeated to 256 levels (_byte_table). The index
-becomes INT32 once (Gather rejects uint8; INT64 costs more peak memory at load), then Gather
-(one codebook) or GatherElements (one per channel or group) looks the values up.
-onnxruntime folds all of it into a plain initializer at load.
+becomes INT32 once (Gather rejects uint8; INT64 costs more peak memory at load), by a
+MatMulInteger with ones rather than a Cast (_to_int32), then Gather (one codebook) or
+GatherElements (one per channel or group) looks the values up. onnxruntime folds all of it into
+a plain initializer at load.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ NATIVE_MIN_ORT = (1, 24, 4)
 # 1.21 and later: ONNX allows uint8 Add from opset 14, but onnxruntime's CPU kernels before
 # 1.21 have none ("Could not find an implementation for Add(14)" on 1.16.3, tests/test_compat.py).
 UINT8_ADD_MIN_ORT = (1, 21)
+# uint8 indices become INT32 through a MatMulInteger by ones (opset 10) instead of a Cast:
+# onnxruntime-web's Cast kernel is one 490 KB wasm function that V8's optimizing compiler takes
+# up once folding runs it hot, for about 200 MiB more in a Chromium tab for a second after the
+# session is made and 130 MiB more in node for good (a 1 M-value weight). Natively the two fold
+# alike (an 11.7 M-value table: 0.18 s both, 3 MiB more peak). docs/deployment.md.
+INT32_BY_PRODUCT_OPSET = 10
+# A last axis this short is multiplied by the identity (one product of that many terms a value);
+# a longer one by a row of ones through a length-1 axis (one product per row: the conv weights'
+# 3-wide rows folded 2.5x slower that way).
+IDENTITY_MAX = 16
 
 
 # What folding a decoder at load adds to onnxruntime's memory peak over loading the float
@@ -113,8 +124,8 @@ def pack_plane(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def required_opset(bits: int, layout: str) -> int:
-    """8-bit tensor codebooks need Cast, Gather, Reshape (and Mul, scaled); the rest BitShift or
-    GatherElements."""
+    """8-bit tensor codebooks need Gather (and Mul, scaled), and MatMulInteger from opset 10 or
+    a Cast before it; the rest BitShift or GatherElements."""
     return 5 if bits == 8 and layout in ("tensor", "scaled") else 11
 
 
@@ -136,8 +147,9 @@ def build_decoder(
 
     onnxruntime keeps every folded intermediate until its folding pass ends, so the load-time
     peak grows with each 4-byte-per-value tensor here: the indices stay uint8 (already in the
-    weight's shape at 8 bits; planes combined with uint8 Add from opset 14) until one Cast to
-    INT32, and Gather then yields the weight's shape directly, with no Reshape of floats.
+    weight's shape at 8 bits; planes combined with uint8 Add from opset 14) until one product
+    makes them INT32 in the weight's shape (_to_int32), and Gather then yields the weight's shape
+    directly, with no Reshape of floats.
     """
     check_opset(cb.bits, cb.layout, opset, name)
     b = _Builder(name)
@@ -145,7 +157,10 @@ def build_decoder(
     index_shape = cb.shape if one_codebook else cb.labels.shape
     native = native_index_type(cb.bits, opset, target_ort)
     byte_table = native is None and _byte_table(cb)  # native indices come unpacked: nothing to mask
-    if cb.bits == 8:
+    if cb.bits == 8 and opset >= INT32_BY_PRODUCT_OPSET:
+        idx = _to_int32(b, b.const("indices", cb.labels.reshape(product_shape(index_shape))), index_shape)
+        stored = "uint8"
+    elif cb.bits == 8:
         idx = b.node("Cast", [b.const("indices", cb.labels.reshape(index_shape))], attrs={"to": onnx.TensorProto.INT32})
         stored = "uint8"
     elif native is not None:
@@ -269,14 +284,29 @@ def _unpack(
             x = b.node("Reshape", [x, b.const("flat", np.array([-1], dtype=np.int64))])
             ends = [b.const("start", np.array([0], dtype=np.int64)), b.const(f"len{total}", np.array([total], dtype=np.int64))]
             x = b.node("Slice", [x, *ends])
-        x = b.node("Reshape", [x, b.const("index_shape", np.array(shape, dtype=np.int64))])
+        x = b.node("Reshape", [x, b.const("index_shape", np.array(product_shape(shape), dtype=np.int64))])
         if offset:  # moved up in uint8 (offset + width <= 7): one INT32 copy fewer than a Mul after the Cast
             x = _shift(b, x, "LEFT", f"up{offset}", [offset])
         if not in_uint8:
-            x = b.node("Cast", [x], attrs={"to": onnx.TensorProto.INT32})
+            x = _to_int32(b, x, shape)
         combined = x if combined is None else b.node("Add", [combined, x])
     assert combined is not None, "below 8 bits there is at least one plane"
-    return b.node("Cast", [combined], attrs={"to": onnx.TensorProto.INT32}) if in_uint8 else combined
+    return _to_int32(b, combined, shape) if in_uint8 else combined
+
+
+def product_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape uint8 indices take for _to_int32: their own when the last axis is short, else
+    with a length-1 axis before the last."""
+    return tuple(shape) if shape[-1] <= IDENTITY_MAX else (*shape[:-1], 1, shape[-1])
+
+
+def _to_int32(b: _Builder, x: gs.Tensor, shape: tuple[int, ...]) -> gs.Variable:
+    """INT32 indices of `shape` from uint8 `x` of product_shape(shape), exactly, with no Cast:
+    x times the identity, or a 1-D [1] (a row of one) times x's [1, k] rows, whose prepended axis
+    MatMul drops."""
+    if shape[-1] <= IDENTITY_MAX:
+        return b.node("MatMulInteger", [x, b.const("identity", np.eye(shape[-1], dtype=np.uint8))])
+    return b.node("MatMulInteger", [b.const("one", np.ones(1, dtype=np.uint8)), x])
 
 
 def _shift(b: _Builder, x: gs.Tensor, direction: str, what: str, amounts: list[int]) -> gs.Variable:
