@@ -232,6 +232,13 @@ MUTANTS = [
         ("tests/test_decode.py",),
     ),
     Mutant(
+        "8-bit indices made INT32 by a Cast (hot in onnxruntime-web's V8)",
+        "onnxcompress/graph/decode.py",
+        "if cb.bits == 8 and opset >= INT32_BY_PRODUCT_OPSET:",
+        "if cb.bits == 8 and opset >= 99:",
+        ("tests/test_decode.py",),
+    ),
+    Mutant(
         "graph outputs typed from a shapeless value_info",
         "onnxcompress/graph/rewrite.py",
         "                v.type.CopyFrom(declared[v.name])",
