@@ -7,9 +7,9 @@ byte i holds values i, N + i, 2N + i, ... in bits [0, w), [w, 2w), ... Two BitSh
 with broadcast shift amounts unpack a whole plane (opset 11, onnxruntime 1.16+); one, when a
 single plane feeds one codebook repeated to 256 levels (_byte_table). The index
 becomes INT32 once (Gather rejects uint8; INT64 costs more peak memory at load), by a
-MatMulInteger with ones rather than a Cast (_to_int32), then Gather (one codebook) or
-GatherElements (one per channel or group) looks the values up. onnxruntime folds all of it into
-a plain initializer at load.
+MatMulInteger with the identity or a row of one rather than a Cast (_to_int32), then
+Gather (one codebook) or GatherElements (one per channel or group) looks the values up.
+onnxruntime folds all of it into a plain initializer at load.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ NATIVE_MIN_ORT = (1, 24, 4)
 # 1.21 and later: ONNX allows uint8 Add from opset 14, but onnxruntime's CPU kernels before
 # 1.21 have none ("Could not find an implementation for Add(14)" on 1.16.3, tests/test_compat.py).
 UINT8_ADD_MIN_ORT = (1, 21)
-# uint8 indices become INT32 through a MatMulInteger by ones (opset 10) instead of a Cast:
+# uint8 indices become INT32 through a MatMulInteger (opset 10) instead of a Cast:
 # onnxruntime-web's Cast kernel is one 490 KB wasm function that V8's optimizing compiler takes
 # up once folding runs it hot, for about 200 MiB more in a Chromium tab for a second after the
 # session is made and 130 MiB more in node for good (a 1 M-value weight). Natively the two fold
@@ -285,7 +285,7 @@ def _unpack(
             ends = [b.const("start", np.array([0], dtype=np.int64)), b.const(f"len{total}", np.array([total], dtype=np.int64))]
             x = b.node("Slice", [x, *ends])
         x = b.node("Reshape", [x, b.const("index_shape", np.array(product_shape(shape), dtype=np.int64))])
-        if offset:  # moved up in uint8 (offset + width <= 7): one INT32 copy fewer than a Mul after the Cast
+        if offset:  # moved up in uint8 (offset + width <= 7): one INT32 copy fewer than a Mul after _to_int32
             x = _shift(b, x, "LEFT", f"up{offset}", [offset])
         if not in_uint8:
             x = _to_int32(b, x, shape)
