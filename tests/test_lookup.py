@@ -55,6 +55,17 @@ def test_lookup_gives_the_decoded_table_to_the_bit(bits, layout, axis):
     np.testing.assert_array_equal(outputs(rewritten, IDS)[0], expected[0])
 
 
+@pytest.mark.parametrize("bits", [8, 4, 3])
+def test_lookups_make_their_indices_int32_without_a_cast(bits):
+    """Each lookup runs at every call: a Cast there would make onnxruntime-web's Cast kernel hot
+    in V8 after a few calls (graph/decode.py, INT32_BY_PRODUCT_OPSET). One MatMulInteger per plane."""
+    model = embedding()
+    site = table_site(model)
+    rewritten, _ = rewrite_graph(model, [(site, encode_codebook(site.array, CodebookOptions(bits=bits), 0))])
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "Cast" not in ops and ops.count("MatMulInteger") == {8: 1, 4: 1, 3: 2}[bits]
+
+
 @pytest.mark.parametrize("bits", [3, 5, 6, 7])
 @pytest.mark.parametrize("layout,axis", [("tensor", 0), ("channel", 1)])
 def test_rows_that_end_inside_a_byte_of_each_plane(bits, layout, axis):

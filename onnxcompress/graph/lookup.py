@@ -7,10 +7,11 @@ holds its bits per value, not the 4 bytes per value a decoder folded at load lea
 Below 8 bits the indices are split into bit planes of width 4, 2 and 1, as the decoders
 that fold are (decode.plane_widths: 7 bits = 4 + 2 + 1), each plane packed row by row. Per
 lookup Gather(table, ids) -> Y, for each plane (one at 8 bits), with P packed bytes per row:
-    Gather(rows [n, P] or [n, P, 1], ids)          the looked-up rows, still packed
-    BitShift left, right (when bits < 8)           [.., P, 8/width] -> Reshape [.., P*8/width], Slice
+    Gather(rows [n, 1, P] or [n, P, 1], ids)       the looked-up rows, still packed
+    BitShift left, right (when bits < 8)           [.., P, 8/width] -> Reshape [.., 1, P*8/width], Slice
     BitShift left by the plane's offset            (from the second plane on; in uint8)
-    Cast INT32, and Add the planes                 the levels' indices (only the looked-up rows:
+    MatMulInteger([1], rows [.., 1, cols])         INT32 without a Cast (decode.INT32_BY_PRODUCT_OPSET),
+    and Add the planes                             the levels' indices (only the looked-up rows:
                                                    onnxruntime 1.16 has no uint8 Add)
     Gather(levels, indices)                        the values; per column, indices offset to column j's
                                                    levels first; per row, GatherElements on the
@@ -62,11 +63,12 @@ def packed_rows(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def row_planes(cb: Codebook) -> list[tuple[int, int, np.ndarray]]:
-    """(width, bit offset, packed rows) of each plane of the codebook's indices: one [n, cols]
-    uint8 plane at 8 bits, else [n, P, 1] bytes per plane (decode.plane_widths)."""
+    """(width, bit offset, packed rows) of each plane of the codebook's indices: one [n, 1, cols]
+    uint8 plane at 8 bits (the length-1 axis for the MatMulInteger that makes them INT32), else
+    [n, P, 1] bytes per plane (decode.plane_widths)."""
     codes = row_codes(cb)
     if cb.bits == 8:
-        return [(8, 0, codes)]
+        return [(8, 0, codes[:, None, :])]
     return [(w, at, packed_rows((codes >> at) & ((1 << w) - 1), w)[:, :, None]) for w, at in plane_widths(cb.bits)]
 
 
@@ -119,14 +121,14 @@ def _decode_after(gather: gs.Node, cb: Codebook, consts: dict[str, gs.Constant],
     def const(what: str, values: np.ndarray) -> gs.Constant:
         return gs.Constant(f"{out.name}::{what}", np.ascontiguousarray(values))
 
-    index = None
+    index, one = None, const("one", np.ones(1, dtype=np.uint8))
     for width, offset in [(8, 0)] if cb.bits == 8 else plane_widths(cb.bits):
         x = add("Gather", [consts[f"rows{width}"], ids], axis=0)
         if width < 8:
             x = _unpacked(add, const, x, ids, width, cb.shape[1])
         if offset:
             x = add("BitShift", [x, const(f"up{offset}", np.array([offset], dtype=np.uint8))], direction="LEFT")
-        x = add("Cast", [x], to=onnx.TensorProto.INT32)
+        x = add("MatMulInteger", [one, x])  # [.., 1, cols] -> [.., cols]
         index = x if index is None else add("Add", [index, x])
     assert index is not None
     x = index
@@ -149,12 +151,12 @@ def _decode_after(gather: gs.Node, cb: Codebook, consts: dict[str, gs.Constant],
 
 
 def _unpacked(add, const, x: gs.Variable, ids: gs.Variable, width: int, cols: int) -> gs.Variable:
-    """Looked-up rows of one plane, [.., P, 1] bytes -> [.., cols] uint8 values < 2^width."""
+    """Looked-up rows of one plane, [.., P, 1] bytes -> [.., 1, cols] uint8 values < 2^width."""
     per_byte = 8 // width
     x = add("BitShift", [x, const(f"shl{width}", np.array(to_top_bits(width), dtype=np.uint8))], direction="LEFT")
     x = add("BitShift", [x, const(f"shr{width}", np.array([8 - width], dtype=np.uint8))], direction="RIGHT")
     padded = -(-cols // per_byte) * per_byte
-    shape = add("Concat", [add("Shape", [ids]), const(f"width{width}", np.array([padded], dtype=np.int64))], axis=0)
+    shape = add("Concat", [add("Shape", [ids]), const(f"width{width}", np.array([1, padded], dtype=np.int64))], axis=0)
     x = add("Reshape", [x, shape])
     if padded != cols:
         ends = [const(f"start{width}", np.array([0], dtype=np.int64)), const(f"cols{width}", np.array([cols], dtype=np.int64))]
