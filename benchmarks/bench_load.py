@@ -110,7 +110,9 @@ def web_rss_mib(model: Path, modules: Path, script: Path, flags: list[str], repe
     return float(np.median(seen))
 
 
-def measure(name: str, cache: Path, work: Path, modules: Path | None, script: Path) -> list[dict]:
+def measure(name: str, cache: Path, work: Path, modules: Path | None, script: Path, dist: Path | None) -> list[dict]:
+    """Rows per setting of one model; `dist`: onnxruntime-web's files for the Chromium tab, None
+    where the tab cannot be measured."""
     model, feed, _ = model_inputs(name, cache)
     inputs = work / f"{name}.npz"
     np.savez(inputs, **feed)
@@ -128,15 +130,14 @@ def measure(name: str, cache: Path, work: Path, modules: Path | None, script: Pa
         runs = [native_probe(path, sliced_inputs, part) for _ in range(2)]
         native, rss, ms = max(r["peak"] for r in runs), min(r["rss"] for r in runs), min(r["ms"] for r in runs)
         web = {key: web_rss_mib(path, modules, script, flags) if modules else None for key, flags in WEB_MODES.items()}
-        in_browser = modules is not None and browser_rss.available() is None
-        tab = browser_rss.renderer_rss_mib(path, modules / "onnxruntime-web" / "dist") if in_browser else (None, None)
+        tab = browser_rss.renderer_rss_mib(path, dist) if dist else (None, None)
         web["browser_mib"], web["browser_after_mib"] = tab
         rows.append(
             {"model": name, "setting": label, "mb": path.stat().st_size / 1e6, "native_mib": native, "rss_mib": rss, "ms": ms}
             | web
         )
         wasm = f"  wasm {web['web_mib']:6.0f} MiB (default tiers {web['web_jit_mib']:6.0f})" if modules else ""
-        wasm += f"  Chromium tab {tab[0]:6.0f} MiB ({tab[1]:6.0f} 4 s later)" if in_browser else ""
+        wasm += f"  Chromium tab {tab[0]:6.0f} MiB ({tab[1]:6.0f} 4 s later)" if dist else ""
         print(
             f"{name:18s} {label:26s} {path.stat().st_size / 1e6:7.2f} MB  native {native:6.0f} MiB, after runs {rss:6.0f} MiB, "
             f"{ms:7.2f} ms{wasm}",
@@ -187,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     modules = web_modules(args.npm)
+    no_tab = browser_rss.available() if modules else "no node or npm"
+    if no_tab:
+        print(f"# the Chromium tab column stays empty: {no_tab}", file=sys.stderr)
+    dist = None if no_tab else modules / "onnxruntime-web" / "dist"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "load_web.cjs"
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             if name != "digits_mlp" and not (args.cache / "models" / f"{name}.onnx").exists():
                 print(f"# {name}: not in {args.cache} ({MISSING}); skipped", file=sys.stderr)
                 continue
-            rows += measure(name, args.cache, Path(tmp), modules, script)
+            rows += measure(name, args.cache, Path(tmp), modules, script, dist)
     lines = [
         "# Load-time memory (`python benchmarks/bench_load.py`)",
         "",
