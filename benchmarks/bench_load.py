@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import browser_rss
-from harness import DEFAULT_CACHE, LATENCY_SLICE, MISSING, model_inputs, native_probe, sliced, write_json
+from harness import DEFAULT_CACHE, LATENCY_SLICE, MISSING, model_inputs, native_probe, sliced, with_earlier_rows, write_json
 
 import onnxcompress
 
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--npm", type=Path, default=NPM_DEFAULT, help="where onnxruntime-web is (or goes) under node_modules")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--keep-others", action="store_true", help="keep the other models' rows from the earlier results")
     args = ap.parse_args(argv)
     modules = web_modules(args.npm)
     no_tab = browser_rss.available() if modules else "no node or npm"
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {name}: not in {args.cache} ({MISSING}); skipped", file=sys.stderr)
                 continue
             rows += measure(name, args.cache, Path(tmp), modules, script, dist)
+    if args.keep_others:
+        rows = with_earlier_rows(rows, args.out / "load.json", MODELS)
     lines = [
         "# Load-time memory (`python benchmarks/bench_load.py`)",
         "",

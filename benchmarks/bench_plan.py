@@ -32,7 +32,17 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from harness import DEFAULT_CACHE, MISSING, compress_checked, half_labels, model_inputs, session, task_result, write_json
+from harness import (
+    DEFAULT_CACHE,
+    MISSING,
+    compress_checked,
+    half_labels,
+    model_inputs,
+    session,
+    task_result,
+    with_earlier_rows,
+    write_json,
+)
 
 import onnxcompress
 from onnxcompress.runtime.verify import error_of
@@ -78,6 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--keep-others", action="store_true", help="keep the other models' rows from the earlier results")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
@@ -161,6 +172,8 @@ def main(argv=None) -> int:
                     ours = q["ours"].get("rel_l2", float("nan"))
                     print(f"{'':18s} {peer}: {q['bytes'] / 1e6:.2f} MB rel {q['rel_l2']:.1e} | ours rel {ours:.1e}")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.keep_others:
+        rows = with_earlier_rows(rows, args.out / "plan.json", MODELS)
     write_json(rows, args.out / "plan.json")
     (args.out / "plan.md").write_text(render(rows))
     print(render(rows))

@@ -29,6 +29,15 @@ def write_json(rows, path: Path) -> None:
     path.write_text(json.dumps(rows, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+def with_earlier_rows(rows: list[dict], path: Path, order: list[str]) -> list[dict]:
+    """`rows` and, for the models they leave out, the rows of an earlier run's JSON at `path`,
+    in `order` (a benchmark run on some models with --keep-others keeps the others' results)."""
+    ran = {r["model"] for r in rows}
+    earlier = [r for r in json.loads(path.read_text()) if r["model"] not in ran] if path.exists() else []
+    position = {name: i for i, name in enumerate(order)}
+    return sorted(earlier + rows, key=lambda r: position.get(r["model"], len(order)))
+
+
 def model_inputs(name: str, cache: Path) -> tuple[Path, dict, dict]:
     """(model path, feed, labels) of a real model from the cache, or of the bundled example."""
     if name == "digits_mlp":

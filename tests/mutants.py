@@ -239,6 +239,20 @@ MUTANTS = [
         ("tests/test_decode.py",),
     ),
     Mutant(
+        "float16 weights read through a Cast again (hot in onnxruntime-web's V8)",
+        "onnxcompress/graph/rewrite.py",
+        "if opset < INT32_BY_PRODUCT_OPSET:",
+        "if opset < 99:",
+        ("tests/test_halves.py",),
+    ),
+    Mutant(
+        "the float16 table's negative values one place off",
+        "onnxcompress/graph/decode.py",
+        "return np.where(bits < 0x8000, bits, bits - 1024)",
+        "return np.where(bits < 0x8000, bits, bits - 1023)",
+        ("tests/test_halves.py",),
+    ),
+    Mutant(
         "graph outputs typed from a shapeless value_info",
         "onnxcompress/graph/rewrite.py",
         "                v.type.CopyFrom(declared[v.name])",

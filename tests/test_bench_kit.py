@@ -83,3 +83,14 @@ def test_an_unknown_model_name_is_a_one_line_error():
 def test_every_model_names_a_pinned_wheel():
     for spec in sources.MODELS.values():
         assert spec.wheel in sources.WHEELS and "==" in spec.wheel
+
+
+def test_a_run_on_some_models_keeps_the_others_rows(tmp_path):
+    """--keep-others: the models run replace their rows, the rest come from the earlier JSON."""
+    from harness import with_earlier_rows, write_json
+
+    earlier = tmp_path / "load.json"
+    write_json([{"model": "a", "v": 1}, {"model": "b", "v": 1}, {"model": "c", "v": 1}], earlier)
+    rows = with_earlier_rows([{"model": "b", "v": 2}], earlier, ["a", "b", "c"])
+    assert rows == [{"model": "a", "v": 1}, {"model": "b", "v": 2}, {"model": "c", "v": 1}]
+    assert with_earlier_rows([{"model": "b", "v": 2}], tmp_path / "none.json", ["a", "b"]) == [{"model": "b", "v": 2}]

@@ -104,8 +104,7 @@ def manifest(tmp_path_factory) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
                 "feeds_raw": raw,
                 "cap": CAP_BYTES,
                 "min_ort": list(min_ort),
-                # codebook decoders (a float pair has none; float16 Casts fold even under the cap, by
-                # onnxruntime's float16 initializer fusion)
+                # decoders, codebooks' or float16 weights' (a float pair has none)
                 "decoders": any("::decode.Gather" in n.name for n in result.model.graph.node),
                 # integer blocks run in MatMulNBits, whose kernels differ between onnxruntimes
                 # (1.32 quantizes the activations to int8 by default): each runtime's outputs are

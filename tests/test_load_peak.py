@@ -143,3 +143,19 @@ def test_fixed_settings_that_fold_heavily_say_so(capsys, bits, noted):
     said = " ".join(capsys.readouterr().out.split())
     assert ("note: folding these decoders at load may add about" in said) == noted
     assert ("3-bit indices fold through several bit planes" in said) == noted
+
+
+@pytest.mark.parametrize("opset,per_value", [(17, 4), (9, 0)])
+def test_float16_weights_count_their_int32_positions_at_load(opset, per_value):
+    """From opset 10 a float16 weight folds through INT32 positions (4 bytes a value); before,
+    through a Cast, which adds nothing."""
+    from onnxcompress.encoding.codebook import encode_codebook
+    from onnxcompress.options import CodebookOptions
+    from onnxcompress.planning.candidates import tensor_options
+    from onnxcompress.recipe import AsFloat16
+
+    s = site("W", (64, 32))
+    curve = encode_codebook(s.array, CodebookOptions(bits=8)).sse_by_k
+    made = tensor_options(s, None, s.array.nbytes, curve, opset=opset)
+    half = next(o for o in made.options if isinstance(o.choice, AsFloat16))
+    assert half.load == per_value * s.array.size

@@ -251,6 +251,55 @@ def build_block_decoder(blocks: Blocks, name: str, out: gs.Variable) -> tuple[li
     return b.nodes, f"int{blocks.bits} blocks"
 
 
+# float16 weights become their float type by a Gather from a table of every finite float16
+# value, not a Cast (see INT32_BY_PRODUCT_OPSET: the OCR plan's 18 float16 weights took node to
+# 1.36x the original's RSS). The table folds at load from three small constants (3 KB; the
+# distinct values of those 18 weights stored as they are took 113 KB). A value is stored as its
+# position in two bytes, 255 * high + low: a uint8 factor reaches 255, not 256, and 255 x 256
+# positions cover float16's 63,488 finite values.
+HALF_BASE = 255
+FINITE_HALVES = 63488  # the bit patterns but exponent 31's (inf, nan): 124 high bytes a sign
+# Their INT32 positions add to onnxruntime's load-time peak (a Cast added nothing): the OCR
+# plan's 806,400 float16 values, 124.9 -> 128.1 MiB.
+LOAD_PER_HALF_VALUE = 4.0
+
+
+def half_positions(half: np.ndarray) -> np.ndarray:
+    """Each finite float16 value's position in half_table: its bit pattern, the negative ones
+    moved down past the 1024 patterns of inf and nan between them."""
+    bits = np.ascontiguousarray(half, dtype=np.float16).view(np.uint16).astype(np.int32)
+    assert not np.any((bits & 0x7C00) == 0x7C00), "float16 weights are finite (candidates.float16_is_an_option)"
+    return np.where(bits < 0x8000, bits, bits - 1024)
+
+
+def half_table(dtype: np.dtype, name: str) -> tuple[list[gs.Node], gs.Variable]:
+    """Nodes that compute every finite float16 value in `dtype`, at half_positions: value =
+    sign * 2^(max(e, 1) - 25) * (implicit + 256 * top mantissa bits + low byte), exact, as an
+    outer sum and product of [high byte] and [low byte] constants."""
+    b = _Builder(name)
+    high = np.concatenate([np.arange(0, 124), np.arange(128, 252)])  # sign, exponent < 31, 2 mantissa bits
+    exponent, top = (high >> 2) & 31, high & 3
+    scale = np.where(high >= 128, -1.0, 1.0) * np.exp2(np.maximum(exponent, 1) - 25.0)
+    base = np.where(exponent > 0, 1024, 0) + 256 * top
+    table = b.node("Add", [b.const("base", base.astype(dtype).reshape(-1, 1)), b.const("low", np.arange(256, dtype=dtype))])
+    table = b.node("Mul", [b.const("scale", scale.astype(dtype).reshape(-1, 1)), table])
+    return b.nodes, b.node("Reshape", [table, b.const("flat", np.array([FINITE_HALVES], dtype=np.int64))])
+
+
+def build_half_decoder(half: np.ndarray, table: gs.Tensor, name: str, out: gs.Variable) -> list[gs.Node]:
+    """Nodes that compute `out` from the float16 array `half` exactly: its half_positions as two
+    byte planes, made INT32 by one product, gather `table` (half_table in the weight's type)."""
+    b = _Builder(name)
+    high, low = np.divmod(half_positions(half), HALF_BASE)
+    shape = half.shape if half.ndim else (1,)
+    x = b.const("indices", stack_planes([high.astype(np.uint8), low.astype(np.uint8)], shape))
+    idx = _to_int32(b, x, shape, (HALF_BASE, 1))
+    if not half.ndim:
+        idx = b.node("Reshape", [idx, b.const("scalar", np.zeros(0, dtype=np.int64))])
+    b.node("Gather", [table, idx], attrs={"axis": 0}, out=out)
+    return b.nodes
+
+
 def _byte_table(cb: Codebook) -> bool:
     """Whether the decoder gathers from the codebook repeated to 256 levels: one codebook (per
     tensor or scaled) of exactly 2^bits levels in a single plane (1, 2 or 4 bits). A plane
@@ -294,19 +343,31 @@ def _unpack(
     return _to_int32(b, combined, shape) if in_uint8 else combined
 
 
-def product_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape uint8 indices take for _to_int32: their own when the last axis is short, else
-    with a length-1 axis before the last."""
-    return tuple(shape) if shape[-1] <= IDENTITY_MAX else (*shape[:-1], 1, shape[-1])
-
-
-def _to_int32(b: _Builder, x: gs.Tensor, shape: tuple[int, ...]) -> gs.Variable:
-    """INT32 indices of `shape` from uint8 `x` of product_shape(shape), exactly, with no Cast:
-    x times the identity, or a 1-D [1] (a row of one) times x's [1, k] rows, whose prepended axis
-    MatMul drops."""
+def product_shape(shape: tuple[int, ...], planes: int = 1) -> tuple[int, ...]:
+    """The shape uint8 indices take for _to_int32, `planes` byte planes of `shape` side by side:
+    along the last axis when it is short, else along an axis before the last."""
     if shape[-1] <= IDENTITY_MAX:
-        return b.node("MatMulInteger", [x, b.const("identity", np.eye(shape[-1], dtype=np.uint8))])
-    return b.node("MatMulInteger", [b.const("one", np.ones(1, dtype=np.uint8)), x])
+        return (*shape[:-1], planes * shape[-1])
+    return (*shape[:-1], planes, shape[-1])
+
+
+def stack_planes(planes: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 byte planes of `shape` laid out as product_shape(shape, len(planes)) says."""
+    if shape[-1] <= IDENTITY_MAX:
+        return np.concatenate([p.reshape(shape) for p in planes], axis=-1)
+    return np.stack([p.reshape(shape) for p in planes], axis=-2)
+
+
+def _to_int32(b: _Builder, x: gs.Tensor, shape: tuple[int, ...], weights: tuple[int, ...] = (1,)) -> gs.Variable:
+    """INT32 indices of `shape`, the sum of uint8 byte planes times `weights`, from `x` of
+    product_shape(shape, len(weights)), exactly, with no Cast: x times the identity stacked once
+    per plane, or a 1-D row of the weights times x's [planes, k] blocks (MatMul drops the axis it
+    prepends to a 1-D left operand)."""
+    k = shape[-1]
+    if k <= IDENTITY_MAX:
+        stacked = np.concatenate([np.eye(k, dtype=np.uint8) * np.uint8(w) for w in weights])
+        return b.node("MatMulInteger", [x, b.const("identity", stacked)])
+    return b.node("MatMulInteger", [b.const("one", np.array(weights, dtype=np.uint8)), x])
 
 
 def _shift(b: _Builder, x: gs.Tensor, direction: str, what: str, amounts: list[int]) -> gs.Variable:

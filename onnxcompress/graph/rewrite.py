@@ -17,9 +17,8 @@ from .._version import __version__
 from ..dtypes import numpy_dtype
 from ..encoding.blocks import Blocks
 from ..encoding.codebook import Codebook
-from ..io.load import bodies
 from ..io.select import WeightSite
-from .decode import build_block_decoder, build_decoder
+from .decode import INT32_BY_PRODUCT_OPSET, build_block_decoder, build_decoder, build_half_decoder, half_table
 from .lookup import replace_lookups, stays_packed
 
 
@@ -34,9 +33,11 @@ def rewrite_graph(
     model: onnx.ModelProto,
     encoded: list[tuple[WeightSite, Codebook | Blocks]],
     target_ort: tuple[int, ...] = (1, 16),
+    halves: list[tuple[WeightSite, np.ndarray]] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The rewritten model, and how each weight's indices are stored (see build_decoder; "rows"
-    for a lookup table decoded after each lookup, lookup.py)."""
+    for a lookup table decoded after each lookup, lookup.py; "table" for a float16 weight read from
+    the table of float16's values, "float16" where a Cast reads it, before opset 10)."""
     opset = default_opset(model)
     graph = gs.import_onnx(model)
     tensors = _tensors_by_name(graph)
@@ -49,70 +50,60 @@ def rewrite_graph(
             replace_lookups(graph, tensors[site.name][0], cb, site.name, site.onnx_dtype)
             stored[site.name] = "rows"
             continue
-        if site.location == "constant":
-            # the decoder goes to the main graph, where it folds at load; a Constant inside an
-            # If or Loop body is then read from the outer scope, under the same name
-            node, owner = constant_nodes[site.name]
-            out = node.outputs[0]
-            node.outputs.clear()
-            owner.nodes.remove(node)
-        else:
-            out = gs.Variable(site.name, dtype=numpy_dtype(site.onnx_dtype), shape=list(site.array.shape))
-            for old in tensors[site.name]:  # one object, or one per subgraph that reads it
-                old.name = site.name + "::replaced"
-                for consumer in list(old.outputs):
-                    for i, t in enumerate(consumer.inputs):
-                        if t is old:
-                            consumer.inputs[i] = out
-                graph.outputs = [out if t is old else t for t in graph.outputs]
+        out = _detach(graph, site, tensors, constant_nodes)
         if isinstance(cb, Blocks):
             nodes, stored[site.name] = build_block_decoder(cb, site.name, out)
         else:
             nodes, stored[site.name] = build_decoder(cb, site.name, out, site.onnx_dtype, opset, target_ort)
         decoders += nodes
+    decoders += _half_decoders(graph, halves or [], tensors, constant_nodes, opset, stored)
     graph.nodes = decoders + list(graph.nodes)
     result = gs.export_onnx(graph, do_type_check=False)
     _restore_model_fields(model, result)
     return result, stored
 
 
-def rewrite_casts(model: onnx.ModelProto, halves: list[tuple[WeightSite, np.ndarray]], in_place: bool = False) -> onnx.ModelProto:
-    """A copy of `model` (or `model` itself, `in_place`) with each of these weights stored as
-    float16 (`<weight>::float16`) and cast back to its own type by a Cast node named like the
-    weight, first in the graph (onnxruntime folds it at load)."""
-    out = model
-    if not in_place:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-    graph = out.graph
-    names = {site.name for site, _ in halves}
-    keep = [t for t in graph.initializer if t.name not in names]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    _drop_constants(graph, names)
-    nodes = list(graph.node)
-    casts = []
-    for site, half in halves:
-        graph.initializer.append(
-            onnx.numpy_helper.from_array(np.ascontiguousarray(half, dtype=np.float16), site.name + "::float16")
-        )
-        casts.append(
-            onnx.helper.make_node("Cast", [site.name + "::float16"], [site.name], f"{site.name}::decode.Cast", to=site.onnx_dtype)
-        )
-    del graph.node[:]
-    graph.node.extend(casts + nodes)
+def _detach(graph: gs.Graph, site: WeightSite, tensors: dict, constant_nodes: dict) -> gs.Variable:
+    """The tensor a decoder of this weight writes, read where the weight was read."""
+    if site.location == "constant":
+        # the decoder goes to the main graph, where it folds at load; a Constant inside an
+        # If or Loop body is then read from the outer scope, under the same name
+        node, owner = constant_nodes[site.name]
+        out = node.outputs[0]
+        node.outputs.clear()
+        owner.nodes.remove(node)
+        return out
+    out = gs.Variable(site.name, dtype=numpy_dtype(site.onnx_dtype), shape=list(site.array.shape))
+    for old in tensors[site.name]:  # one object, or one per subgraph that reads it
+        old.name = site.name + "::replaced"
+        for consumer in list(old.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is old:
+                    consumer.inputs[i] = out
+        graph.outputs = [out if t is old else t for t in graph.outputs]
     return out
 
 
-def _drop_constants(graph: onnx.GraphProto, names: set[str]) -> None:
-    """Removes the Constant nodes that output these names, in the graph and its bodies."""
-    keep = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
-    if len(keep) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(keep)
-    for node in graph.node:
-        for sub in bodies(node):
-            _drop_constants(sub, names)
+def _half_decoders(
+    graph: gs.Graph, halves: list[tuple[WeightSite, np.ndarray]], tensors: dict, constant_nodes: dict, opset: int, stored: dict
+) -> list[gs.Node]:
+    """Each float16 weight's decoder: a Gather from one table of float16's values per float type
+    (opset 10 on), else a Cast of the float16 values."""
+    tables: dict[int, gs.Variable] = {}
+    nodes: list[gs.Node] = []
+    for site, half in halves:
+        out = _detach(graph, site, tensors, constant_nodes)
+        if opset < INT32_BY_PRODUCT_OPSET:
+            source = gs.Constant(site.name + "::float16", np.ascontiguousarray(half, dtype=np.float16))
+            nodes.append(gs.Node("Cast", f"{site.name}::decode.Cast", {"to": site.onnx_dtype}, [source], [out]))
+            stored[site.name] = "float16"
+            continue
+        if site.onnx_dtype not in tables:
+            made, tables[site.onnx_dtype] = half_table(numpy_dtype(site.onnx_dtype), f"onnxcompress::float16.{site.onnx_dtype}")
+            nodes += made
+        nodes += build_half_decoder(half, tables[site.onnx_dtype], site.name, out)
+        stored[site.name] = "table"
+    return nodes
 
 
 def record(model: onnx.ModelProto, method: str, tensors: dict[str, dict]) -> None:

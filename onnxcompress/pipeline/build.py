@@ -1,6 +1,6 @@
 """The builder: a recipe made into a model. Each chosen weight is encoded (or taken from the
 decision's trials, encoded.Encoder) and the graph rewritten: pairs first (their factors become
-weights), then every codebook's decoder (the factors' too), then the float16 casts."""
+weights), then every codebook's decoder (the factors' too) and every float16 weight's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import onnx
 from ..encoding.blocks import Blocks
 from ..encoding.codebook import Codebook
 from ..encoding.encoded import EncodedWeight, Encoder
-from ..graph.rewrite import default_opset, rewrite_casts, rewrite_graph
+from ..graph.rewrite import default_opset, rewrite_graph
 from ..graph.rewrite_lowrank import rewrite_pairs
 from ..io.select import WeightSite
 from ..progress import Progress
@@ -48,12 +48,10 @@ def assemble(
     codebooks: list[tuple[WeightSite, Codebook | Blocks]] = [(e.site, e.codebook) for e in encoded if e.codebook is not None]
     codebooks += [factor for e in encoded for factor in e.factors or []]
     codebooks += [(e.site, e.blocks) for e in encoded if e.blocks is not None]
-    stored: dict[str, str] = {}
-    if codebooks:
-        out, stored = rewrite_graph(out, codebooks, target_ort)
     halves = [(e.site, e.half) for e in encoded if e.half is not None]
-    # a rewritten model is this build's own: its casts go in in place, without a second copy
-    return (rewrite_casts(out, halves, in_place=out is not model) if halves else out), stored
+    if not codebooks and not halves:
+        return out, {}
+    return rewrite_graph(out, codebooks, target_ort, halves)
 
 
 class LastBuild:

@@ -43,7 +43,7 @@ class TensorReport:
     bytes_after: int  # packed indices plus codebooks, or the two factors
     rel_error: float  # ||W - W'|| / ||W||
     seconds: float
-    indices: str | None = "uint8"  # how the indices are stored: uint8, planes, uint4, uint2, rows (lookup.py), int8/int4 blocks
+    indices: str | None = "uint8"  # uint8, planes, uint4, uint2, rows (lookup.py), int8/int4 blocks, table (float16)
     macs_before: int = 0  # multiply-adds per output row or position of its consumers (0 for a Gather)
     macs_after: int = 0
     note: str = ""  # why it took another encoding than asked for

@@ -376,7 +376,7 @@ def _metadata(e: EncodedWeight, stored: dict[str, str]) -> dict:
         return {"bits": cb.bits, "layout": cb.layout, "k": cb.k, "indices": stored[name]}
 
     if e.half is not None:
-        return {"dtype": "float16"}
+        return {"dtype": "float16", "values": stored[e.site.name]}
     if e.blocks is not None:
         return {"bits": e.blocks.bits, "block": e.blocks.block, "values": stored[e.site.name]}
     if e.pair is None:
