@@ -105,15 +105,24 @@ def test_a_tight_load_peak_keeps_bit_planes_off_and_reports_its_estimate(tmp_pat
     assert bounded["peak"] == 1.2 and bounded["budget"] is not None  # held unless told otherwise
     (w,) = free.report.tensors
     assert len(plane_widths(w.bits)) > 1  # the bound is what changes the plan below
-    # 1.001: about 50 KB, under any bit plane's cost for 65,536 values, over uint8 indices'
-    held = oc.compress(big_matmul(), tmp_path / "held.onnx", max_error=0.05, calibration={"x": x}, load_peak=1.001)
+    # 1.002: about 99 KB for 65,536 values, under any bit plane's cost (5 bytes a value) and
+    # float16's (4), over uint8 indices' (1)
+    held = oc.compress(big_matmul(), tmp_path / "held.onnx", max_error=0.05, calibration={"x": x}, load_peak=1.002)
     (w,) = held.report.tensors
     load = held.report.plan["load"]
-    assert load["estimated"] <= load["budget"] and load["held"] == ["W"] and load["peak"] == 1.001
-    assert w.bits == 8 or w.encoding == "float16"
+    assert load["estimated"] <= load["budget"] and load["held"] == ["W"] and load["peak"] == 1.002
+    assert w.bits == 8
     assert max(o.task for o in held.report.outputs) <= 0.05
     held.report.render()
-    assert "(--load-peak 1.001)" in " ".join(capsys.readouterr().out.split())
+    assert "(--load-peak 1.002)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_load_peak_no_option_fits_is_a_one_line_error():
+    """1.0005: about 25 KB, under uint8 indices' 65 KB: nothing can be compressed, and the error
+    says the bound is why (not an error target that measured nothing)."""
+    x = np.random.default_rng(0).normal(size=(64, 256)).astype(np.float32)
+    with pytest.raises(oc.TargetError, match=r"cannot compress anything within --load-peak 1.0005: .* raise --load-peak"):
+        oc.compress(big_matmul(), max_error=0.05, calibration={"x": x}, load_peak=1.0005)
 
 
 def test_a_size_target_says_what_the_bound_ruled_out(tmp_path, capsys):

@@ -106,6 +106,12 @@ def make_plan(
     light = None if load_budget is None else partial(lighten, tensors=tensors, budget=load_budget)
     unbounded = ladder(tensors)
     plans = unbounded if light is None else lighter_ladder(unbounded, light)
+    if light is not None and not any(p.compressed() for p in plans):
+        raise TargetError(
+            f"cannot compress anything within --load-peak {plan_o.load_peak:g}: every option adds more to onnxruntime's "
+            f"load-time peak than its budget ({load_budget / 1e3:.3g} KB) allows; raise --load-peak, or pass --load-peak 0 "
+            "where memory at load does not matter"
+        )
     measure = _Measure(weights, encoder, calib, probe, build, progress)
     del probe  # the measure owns it, and lets it go before the chosen plan is confirmed
     other_bytes = file_bytes - sum(sizes.values())
