@@ -188,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep-others", action="store_true", help="keep the other models' rows from the earlier results")
     args = ap.parse_args(argv)
+    if args.keep_others and not (args.out / "load.json").exists():
+        earlier = args.out / "load.json"
+        print(f"--keep-others: no earlier results in {earlier} (JSON results are not committed); run all models", file=sys.stderr)
+        return 2
     modules = web_modules(args.npm)
     no_tab = browser_rss.available() if modules else "no node or npm"
     if no_tab:

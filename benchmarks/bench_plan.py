@@ -90,6 +90,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep-others", action="store_true", help="keep the other models' rows from the earlier results")
     args = ap.parse_args(argv)
+    if args.keep_others and not (args.out / "plan.json").exists():
+        earlier = args.out / "plan.json"
+        print(f"--keep-others: no earlier results in {earlier} (JSON results are not committed); run all models", file=sys.stderr)
+        return 2
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
     rows = []

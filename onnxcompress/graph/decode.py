@@ -258,7 +258,7 @@ def build_block_decoder(blocks: Blocks, name: str, out: gs.Variable) -> tuple[li
 # position in two bytes, 255 * high + low: a uint8 factor reaches 255, not 256, and 255 x 256
 # positions cover float16's 63,488 finite values.
 HALF_BASE = 255
-FINITE_HALVES = 63488  # the bit patterns but exponent 31's (inf, nan): 124 high bytes a sign
+FINITE_HALVES = 63488  # 2 signs x 31 exponent fields (the 32nd: inf and nan) x 1024 mantissas
 # Their INT32 positions add to onnxruntime's load-time peak (a Cast added nothing): the OCR
 # plan's 806,400 float16 values, 124.9 -> 128.1 MiB.
 LOAD_PER_HALF_VALUE = 4.0
