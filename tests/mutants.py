@@ -247,7 +247,7 @@ MUTANTS = [
     ),
     Mutant(
         "the float16 table's negative values one place off",
-        "onnxcompress/graph/decode.py",
+        "onnxcompress/graph/halves.py",
         "return np.where(bits < 0x8000, bits, bits - 1024)",
         "return np.where(bits < 0x8000, bits, bits - 1023)",
         ("tests/test_halves.py",),

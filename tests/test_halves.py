@@ -12,7 +12,8 @@ import pytest
 from models import conv, make_model, matmul_chain, weight
 from onnx import TensorProto, helper
 
-from onnxcompress.graph.decode import FINITE_HALVES, HALF_BASE, IDENTITY_MAX, build_half_decoder, half_table
+from onnxcompress.graph.decode import IDENTITY_MAX
+from onnxcompress.graph.halves import FINITE_HALVES, HALF_BASE, build_half_decoder, half_table
 from onnxcompress.graph.rewrite import rewrite_graph
 from onnxcompress.io.select import select_weights
 from onnxcompress.options import SelectOptions

@@ -7,7 +7,7 @@ byte i holds values i, N + i, 2N + i, ... in bits [0, w), [w, 2w), ... Two BitSh
 with broadcast shift amounts unpack a whole plane (opset 11, onnxruntime 1.16+); one, when a
 single plane feeds one codebook repeated to 256 levels (_byte_table). The index
 becomes INT32 once (Gather rejects uint8; INT64 costs more peak memory at load), by a
-MatMulInteger with the identity or a row of one rather than a Cast (_to_int32), then
+MatMulInteger with the identity or a row of one rather than a Cast (to_int32), then
 Gather (one codebook) or GatherElements (one per channel or group) looks the values up.
 onnxruntime folds all of it into a plain initializer at load.
 """
@@ -148,17 +148,17 @@ def build_decoder(
     onnxruntime keeps every folded intermediate until its folding pass ends, so the load-time
     peak grows with each 4-byte-per-value tensor here: the indices stay uint8 (already in the
     weight's shape at 8 bits; planes combined with uint8 Add from opset 14) until one product
-    makes them INT32 in the weight's shape (_to_int32), and Gather then yields the weight's shape
+    makes them INT32 in the weight's shape (to_int32), and Gather then yields the weight's shape
     directly, with no Reshape of floats.
     """
     check_opset(cb.bits, cb.layout, opset, name)
-    b = _Builder(name)
+    b = NodeBuilder(name)
     one_codebook = cb.layout in ("tensor", "scaled")
     index_shape = cb.shape if one_codebook else cb.labels.shape
     native = native_index_type(cb.bits, opset, target_ort)
     byte_table = native is None and _byte_table(cb)  # native indices come unpacked: nothing to mask
     if cb.bits == 8 and opset >= INT32_BY_PRODUCT_OPSET:
-        idx = _to_int32(b, b.const("indices", cb.labels.reshape(product_shape(index_shape))), index_shape)
+        idx = to_int32(b, b.const("indices", cb.labels.reshape(product_shape(index_shape))), index_shape)
         stored = "uint8"
     elif cb.bits == 8:
         idx = b.node("Cast", [b.const("indices", cb.labels.reshape(index_shape))], attrs={"to": onnx.TensorProto.INT32})
@@ -238,7 +238,7 @@ def build_block_decoder(blocks: Blocks, name: str, out: gs.Variable) -> tuple[li
     """One DequantizeLinear from the integer blocks (INT8, or INT4 two to a byte, the first
     in the low bits) and their float32 scales to `out`, and how the values are stored.
     onnxruntime fuses it with the MatMul that reads `out` (MatMulNBits) and keeps it packed."""
-    b = _Builder(name)
+    b = NodeBuilder(name)
     if blocks.bits == 8:
         values = b.const("blocks", blocks.values)
     else:
@@ -251,55 +251,6 @@ def build_block_decoder(blocks: Blocks, name: str, out: gs.Variable) -> tuple[li
     return b.nodes, f"int{blocks.bits} blocks"
 
 
-# float16 weights become their float type by a Gather from a table of every finite float16
-# value, not a Cast (see INT32_BY_PRODUCT_OPSET: the OCR plan's 18 float16 weights took node to
-# 1.36x the original's RSS). The table folds at load from three small constants (3 KB; the
-# distinct values of those 18 weights stored as they are took 113 KB). A value is stored as its
-# position in two bytes, 255 * high + low: a uint8 factor reaches 255, not 256, and 255 x 256
-# positions cover float16's 63,488 finite values.
-HALF_BASE = 255
-FINITE_HALVES = 63488  # 2 signs x 31 exponent fields (the 32nd: inf and nan) x 1024 mantissas
-# Their INT32 positions add to onnxruntime's load-time peak (a Cast added nothing): the OCR
-# plan's 806,400 float16 values, 124.9 -> 128.1 MiB.
-LOAD_PER_HALF_VALUE = 4.0
-
-
-def half_positions(half: np.ndarray) -> np.ndarray:
-    """Each finite float16 value's position in half_table: its bit pattern, the negative ones
-    moved down past the 1024 patterns of inf and nan between them."""
-    bits = np.ascontiguousarray(half, dtype=np.float16).view(np.uint16).astype(np.int32)
-    assert not np.any((bits & 0x7C00) == 0x7C00), "float16 weights are finite (candidates.float16_is_an_option)"
-    return np.where(bits < 0x8000, bits, bits - 1024)
-
-
-def half_table(dtype: np.dtype, name: str) -> tuple[list[gs.Node], gs.Variable]:
-    """Nodes that compute every finite float16 value in `dtype`, at half_positions: value =
-    sign * 2^(max(e, 1) - 25) * (implicit + 256 * top mantissa bits + low byte), exact, as an
-    outer sum and product of [high byte] and [low byte] constants."""
-    b = _Builder(name)
-    high = np.concatenate([np.arange(0, 124), np.arange(128, 252)])  # sign, exponent < 31, 2 mantissa bits
-    exponent, top = (high >> 2) & 31, high & 3
-    scale = np.where(high >= 128, -1.0, 1.0) * np.exp2(np.maximum(exponent, 1) - 25.0)
-    base = np.where(exponent > 0, 1024, 0) + 256 * top
-    table = b.node("Add", [b.const("base", base.astype(dtype).reshape(-1, 1)), b.const("low", np.arange(256, dtype=dtype))])
-    table = b.node("Mul", [b.const("scale", scale.astype(dtype).reshape(-1, 1)), table])
-    return b.nodes, b.node("Reshape", [table, b.const("flat", np.array([FINITE_HALVES], dtype=np.int64))])
-
-
-def build_half_decoder(half: np.ndarray, table: gs.Tensor, name: str, out: gs.Variable) -> list[gs.Node]:
-    """Nodes that compute `out` from the float16 array `half` exactly: its half_positions as two
-    byte planes, made INT32 by one product, gather `table` (half_table in the weight's type)."""
-    b = _Builder(name)
-    high, low = np.divmod(half_positions(half), HALF_BASE)
-    shape = half.shape if half.ndim else (1,)
-    x = b.const("indices", stack_planes([high.astype(np.uint8), low.astype(np.uint8)], shape))
-    idx = _to_int32(b, x, shape, (HALF_BASE, 1))
-    if not half.ndim:
-        idx = b.node("Reshape", [idx, b.const("scalar", np.zeros(0, dtype=np.int64))])
-    b.node("Gather", [table, idx], attrs={"axis": 0}, out=out)
-    return b.nodes
-
-
 def _byte_table(cb: Codebook) -> bool:
     """Whether the decoder gathers from the codebook repeated to 256 levels: one codebook (per
     tensor or scaled) of exactly 2^bits levels in a single plane (1, 2 or 4 bits). A plane
@@ -310,7 +261,7 @@ def _byte_table(cb: Codebook) -> bool:
 
 
 def _unpack(
-    b: _Builder, flat: np.ndarray, bits: int, shape: tuple[int, ...], in_uint8: bool, unmasked: bool = False
+    b: NodeBuilder, flat: np.ndarray, bits: int, shape: tuple[int, ...], in_uint8: bool, unmasked: bool = False
 ) -> gs.Variable:
     """INT32 indices of the given shape from bit planes of width 4, 2, 1, combined in uint8
     (`in_uint8`) or in INT32. Each plane takes the index shape while still uint8: onnxruntime
@@ -334,17 +285,17 @@ def _unpack(
             ends = [b.const("start", np.array([0], dtype=np.int64)), b.const(f"len{total}", np.array([total], dtype=np.int64))]
             x = b.node("Slice", [x, *ends])
         x = b.node("Reshape", [x, b.const("index_shape", np.array(product_shape(shape), dtype=np.int64))])
-        if offset:  # moved up in uint8 (offset + width <= 7): one INT32 copy fewer than a Mul after _to_int32
+        if offset:  # moved up in uint8 (offset + width <= 7): one INT32 copy fewer than a Mul after to_int32
             x = _shift(b, x, "LEFT", f"up{offset}", [offset])
         if not in_uint8:
-            x = _to_int32(b, x, shape)
+            x = to_int32(b, x, shape)
         combined = x if combined is None else b.node("Add", [combined, x])
     assert combined is not None, "below 8 bits there is at least one plane"
-    return _to_int32(b, combined, shape) if in_uint8 else combined
+    return to_int32(b, combined, shape) if in_uint8 else combined
 
 
 def product_shape(shape: tuple[int, ...], planes: int = 1) -> tuple[int, ...]:
-    """The shape uint8 indices take for _to_int32, `planes` byte planes of `shape` side by side:
+    """The shape uint8 indices take for to_int32, `planes` byte planes of `shape` side by side:
     along the last axis when it is short, else along an axis before the last."""
     if shape[-1] <= IDENTITY_MAX:
         return (*shape[:-1], planes * shape[-1])
@@ -358,7 +309,7 @@ def stack_planes(planes: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray
     return np.stack([p.reshape(shape) for p in planes], axis=-2)
 
 
-def _to_int32(b: _Builder, x: gs.Tensor, shape: tuple[int, ...], weights: tuple[int, ...] = (1,)) -> gs.Variable:
+def to_int32(b: NodeBuilder, x: gs.Tensor, shape: tuple[int, ...], weights: tuple[int, ...] = (1,)) -> gs.Variable:
     """INT32 indices of `shape`, the sum of uint8 byte planes times `weights`, from `x` of
     product_shape(shape, len(weights)), exactly, with no Cast: x times the identity stacked once
     per plane, or a 1-D row of the weights times x's [planes, k] blocks (MatMul drops the axis it
@@ -370,13 +321,13 @@ def _to_int32(b: _Builder, x: gs.Tensor, shape: tuple[int, ...], weights: tuple[
     return b.node("MatMulInteger", [b.const("one", np.array(weights, dtype=np.uint8)), x])
 
 
-def _shift(b: _Builder, x: gs.Tensor, direction: str, what: str, amounts: list[int]) -> gs.Variable:
+def _shift(b: NodeBuilder, x: gs.Tensor, direction: str, what: str, amounts: list[int]) -> gs.Variable:
     """BitShift of uint8 `x` by one amount, or by one amount per row of the result ([n, 1])."""
     by = np.array(amounts, dtype=np.uint8).reshape(-1, 1) if len(amounts) > 1 else np.array(amounts, dtype=np.uint8)
     return b.node("BitShift", [x, b.const(what, by)], attrs={"direction": direction})
 
 
-class _Builder:
+class NodeBuilder:
     """Names every decode tensor and node after the weight: `<weight>::codebook`, ..."""
 
     def __init__(self, name: str) -> None:

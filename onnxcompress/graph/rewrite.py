@@ -18,7 +18,8 @@ from ..dtypes import numpy_dtype
 from ..encoding.blocks import Blocks
 from ..encoding.codebook import Codebook
 from ..io.select import WeightSite
-from .decode import INT32_BY_PRODUCT_OPSET, build_block_decoder, build_decoder, build_half_decoder, half_table
+from .decode import INT32_BY_PRODUCT_OPSET, build_block_decoder, build_decoder
+from .halves import build_half_decoder, half_table
 from .lookup import replace_lookups, stays_packed
 
 

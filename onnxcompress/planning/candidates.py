@@ -22,7 +22,8 @@ from ..encoding.lowrank import (
     singular_values,
     truncated_svd,
 )
-from ..graph.decode import INT32_BY_PRODUCT_OPSET, LOAD_PER_HALF_VALUE, load_per_value
+from ..graph.decode import INT32_BY_PRODUCT_OPSET, load_per_value
+from ..graph.halves import LOAD_PER_HALF_VALUE
 from ..graph.lookup import stays_packed
 from ..io.select import WeightSite
 from ..options import CodebookOptions, LowRankOptions
