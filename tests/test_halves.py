@@ -9,7 +9,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
-from models import conv, make_model, matmul_chain, weight
+from decoded import substitute_decoded
+from models import conv, constant_node, feed_for, if_branch, if_branch_constants, loop_body, make_model, matmul_chain, weight
 from onnx import TensorProto, helper
 
 from onnxcompress.graph.decode import IDENTITY_MAX
@@ -117,3 +118,32 @@ def test_before_opset_10_a_cast_reads_the_float16_values():
     x = {"x": np.random.default_rng(2).normal(size=(3, 64)).astype(np.float32)}
     want = x["x"] @ halves[0][1].astype(np.float32) @ halves[1][1].astype(np.float32)
     np.testing.assert_allclose(run(rewritten, x), want, rtol=1e-5, atol=1e-5)
+
+
+class Rounded:
+    """A float16 weight as decoded.substitute_decoded takes it."""
+
+    def __init__(self, half: np.ndarray) -> None:
+        self.half = half
+
+    def decoded(self) -> np.ndarray:
+        return self.half.astype(np.float32)
+
+
+@pytest.mark.parametrize("make", [constant_node, if_branch, if_branch_constants, loop_body])
+def test_float16_weights_in_constants_branches_and_loops(make):
+    """Weights in Constant nodes (in the main graph or inside If branches) and weights read
+    inside If and Loop bodies: the decoder goes to the main graph, under the weight's name."""
+    model = make()
+    halves = halves_of(model)
+    assert halves
+    rewritten, stored = rewrite_graph(model, [], halves=halves)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert set(stored.values()) == {"table"}
+    feed = feed_for(model)
+    want = ort.InferenceSession(
+        substitute_decoded(model, [(s, Rounded(h)) for s, h in halves]).SerializeToString(), providers=["CPUExecutionProvider"]
+    ).run(None, feed)
+    got = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
