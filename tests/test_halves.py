@@ -147,3 +147,23 @@ def test_float16_weights_in_constants_branches_and_loops(make):
     got = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_weights_keep_a_cast():
+    """numpy has no bfloat16 for a table: a Cast from the float16 values to bfloat16."""
+    w = (np.random.default_rng(0).normal(size=(48, 40)) * 0.2).astype(np.float32)
+    bits = (w.view(np.uint32) >> 16).astype(np.uint16)
+    model = make_model(
+        [helper.make_node("Cast", ["W"], ["Wf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "Wf"], ["y"])],
+        [("x", TensorProto.FLOAT, [3, 48])],
+        [("y", TensorProto.FLOAT, [3, 40])],
+    )
+    model.graph.initializer.append(helper.make_tensor("W", TensorProto.BFLOAT16, w.shape, bits.tobytes(), raw=True))
+    halves = halves_of(model)
+    rewritten, stored = rewrite_graph(model, [], halves=halves)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert stored == {"W": "float16"}
+    cast = next(n for n in rewritten.graph.node if n.output[0] == "W")
+    assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.BFLOAT16
+    x = {"x": np.random.default_rng(1).normal(size=(3, 48)).astype(np.float32)}
+    assert run(rewritten, x).shape == (3, 40)

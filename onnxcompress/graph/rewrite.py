@@ -89,12 +89,12 @@ def _half_decoders(
     graph: gs.Graph, halves: list[tuple[WeightSite, np.ndarray]], tensors: dict, constant_nodes: dict, opset: int, stored: dict
 ) -> list[gs.Node]:
     """Each float16 weight's decoder: a Gather from one table of float16's values per float type
-    (opset 10 on), else a Cast of the float16 values."""
+    (opset 10 on), else a Cast of the float16 values (and for bfloat16, which numpy has no type for)."""
     tables: dict[int, gs.Variable] = {}
     nodes: list[gs.Node] = []
     for site, half in halves:
         out = _detach(graph, site, tensors, constant_nodes)
-        if opset < INT32_BY_PRODUCT_OPSET:
+        if opset < INT32_BY_PRODUCT_OPSET or numpy_dtype(site.onnx_dtype) is None:
             source = gs.Constant(site.name + "::float16", np.ascontiguousarray(half, dtype=np.float16))
             nodes.append(gs.Node("Cast", f"{site.name}::decode.Cast", {"to": site.onnx_dtype}, [source], [out]))
             stored[site.name] = "float16"
