@@ -241,8 +241,8 @@ MUTANTS = [
     Mutant(
         "float16 weights read through a Cast again (hot in onnxruntime-web's V8)",
         "onnxcompress/graph/rewrite.py",
-        "if opset < INT32_BY_PRODUCT_OPSET:",
-        "if opset < 99:",
+        "if opset < INT32_BY_PRODUCT_OPSET or numpy_dtype(site.onnx_dtype) is None:",
+        "if opset < 99 or numpy_dtype(site.onnx_dtype) is None:",
         ("tests/test_halves.py",),
     ),
     Mutant(
