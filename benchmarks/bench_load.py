@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep-others", action="store_true", help="keep the other models' rows from the earlier results")
     args = ap.parse_args(argv)
-    if args.keep_others and not (args.out / "load.json").exists():
-        earlier = args.out / "load.json"
+    earlier = args.out / "load.json"
+    if args.keep_others and not earlier.exists():
         print(f"--keep-others: no earlier results in {earlier} (JSON results are not committed); run all models", file=sys.stderr)
         return 2
     modules = web_modules(args.npm)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows += measure(name, args.cache, Path(tmp), modules, script, dist)
     if args.keep_others:
-        rows = with_earlier_rows(rows, args.out / "load.json", MODELS)
+        rows = with_earlier_rows(rows, earlier, MODELS)
     lines = [
         "# Load-time memory (`python benchmarks/bench_load.py`)",
         "",

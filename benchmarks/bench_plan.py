@@ -90,8 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep-others", action="store_true", help="keep the other models' rows from the earlier results")
     args = ap.parse_args(argv)
-    if args.keep_others and not (args.out / "plan.json").exists():
-        earlier = args.out / "plan.json"
+    earlier = args.out / "plan.json"
+    if args.keep_others and not earlier.exists():
         print(f"--keep-others: no earlier results in {earlier} (JSON results are not committed); run all models", file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore")
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
                     print(f"{'':18s} {peer}: {q['bytes'] / 1e6:.2f} MB rel {q['rel_l2']:.1e} | ours rel {ours:.1e}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.keep_others:
-        rows = with_earlier_rows(rows, args.out / "plan.json", MODELS)
+        rows = with_earlier_rows(rows, earlier, MODELS)
     write_json(rows, args.out / "plan.json")
     (args.out / "plan.md").write_text(render(rows))
     print(render(rows))
