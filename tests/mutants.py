@@ -240,9 +240,9 @@ MUTANTS = [
     ),
     Mutant(
         "float16 weights read through a Cast again (hot in onnxruntime-web's V8)",
-        "onnxcompress/graph/rewrite.py",
-        "if opset < INT32_BY_PRODUCT_OPSET or numpy_dtype(site.onnx_dtype) is None:",
-        "if opset < 99 or numpy_dtype(site.onnx_dtype) is None:",
+        "onnxcompress/graph/halves.py",
+        "return opset >= INT32_BY_PRODUCT_OPSET and numpy_dtype(onnx_dtype) is not None",
+        "return opset >= 99 and numpy_dtype(onnx_dtype) is not None",
         ("tests/test_halves.py",),
     ),
     Mutant(

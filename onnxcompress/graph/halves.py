@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .decode import NodeBuilder, stack_planes, to_int32
+from ..dtypes import numpy_dtype
+from .decode import INT32_BY_PRODUCT_OPSET, NodeBuilder, stack_planes, to_int32
 
 # float16 weights become their float type by a Gather from a table of every finite float16
 # value, not a Cast (see decode.INT32_BY_PRODUCT_OPSET: the OCR plan's 18 float16 weights took
@@ -20,6 +21,12 @@ FINITE_HALVES = 63488  # 2 signs x 31 exponent fields (the 32nd: inf and nan) x 
 # Their INT32 positions add to onnxruntime's load-time peak (a Cast added nothing): the OCR
 # plan's 806,400 float16 values, 124.9 -> 128.1 MiB.
 LOAD_PER_HALF_VALUE = 4.0
+
+
+def reads_from_table(onnx_dtype: int, opset: int) -> bool:
+    """Whether a float16 weight of this element type is read from the table (MatMulInteger:
+    opset 10; a table in a type numpy has: not bfloat16), else through a Cast."""
+    return opset >= INT32_BY_PRODUCT_OPSET and numpy_dtype(onnx_dtype) is not None
 
 
 def half_positions(half: np.ndarray) -> np.ndarray:

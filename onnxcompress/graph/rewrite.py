@@ -18,8 +18,8 @@ from ..dtypes import numpy_dtype
 from ..encoding.blocks import Blocks
 from ..encoding.codebook import Codebook
 from ..io.select import WeightSite
-from .decode import INT32_BY_PRODUCT_OPSET, build_block_decoder, build_decoder
-from .halves import build_half_decoder, half_table
+from .decode import build_block_decoder, build_decoder
+from .halves import build_half_decoder, half_table, reads_from_table
 from .lookup import replace_lookups, stays_packed
 
 
@@ -94,7 +94,7 @@ def _half_decoders(
     nodes: list[gs.Node] = []
     for site, half in halves:
         out = _detach(graph, site, tensors, constant_nodes)
-        if opset < INT32_BY_PRODUCT_OPSET or numpy_dtype(site.onnx_dtype) is None:
+        if not reads_from_table(site.onnx_dtype, opset):
             source = gs.Constant(site.name + "::float16", np.ascontiguousarray(half, dtype=np.float16))
             nodes.append(gs.Node("Cast", f"{site.name}::decode.Cast", {"to": site.onnx_dtype}, [source], [out]))
             stored[site.name] = "float16"

@@ -22,8 +22,8 @@ from ..encoding.lowrank import (
     singular_values,
     truncated_svd,
 )
-from ..graph.decode import INT32_BY_PRODUCT_OPSET, load_per_value
-from ..graph.halves import LOAD_PER_HALF_VALUE
+from ..graph.decode import load_per_value
+from ..graph.halves import LOAD_PER_HALF_VALUE, reads_from_table
 from ..graph.lookup import stays_packed
 from ..io.select import WeightSite
 from ..options import CodebookOptions, LowRankOptions
@@ -131,13 +131,13 @@ def _load(site: WeightSite, o: Option, opset: int, target_ort: tuple[int, ...], 
     """What the option adds to onnxruntime's peak while it loads the model: a codebook that
     folds, its decoder's intermediates (decode.load_per_value); a weight that stays packed (a
     lookup table decoded after the lookup, integer blocks) less than the original's float
-    (PACKED_LOAD_CREDIT of the bytes it saves); float16 its INT32 positions (nothing before
-    opset 10, where a Cast reads it)."""
+    (PACKED_LOAD_CREDIT of the bytes it saves); float16 its INT32 positions (nothing where a
+    Cast reads it: halves.reads_from_table)."""
     c = o.choice
     if o.ram < original_bytes:
         return -int(PACKED_LOAD_CREDIT * (original_bytes - o.ram))
     if isinstance(c, AsFloat16):
-        return int(site.array.size * LOAD_PER_HALF_VALUE) if opset >= INT32_BY_PRODUCT_OPSET else 0
+        return int(site.array.size * LOAD_PER_HALF_VALUE) if reads_from_table(site.onnx_dtype, opset) else 0
     if not isinstance(c, AsCodebook):
         return 0
     return int(site.array.size * load_per_value(c.bits, c.layout, opset, target_ort))
