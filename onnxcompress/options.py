@@ -169,8 +169,8 @@ class PlanOptions:
     metric: str | Callable[..., float] = _opt(
         "task",
         "task: each output measured as its kind reads it (class scores: share of changed argmax; probabilities: share of "
-        "decisions flipped at 0.5; embeddings: the worst row's change of direction; other outputs: relative L2 of the worst "
-        "channel or part); "
+        "decisions flipped at 0.5; embeddings: the largest shift of a cosine similarity to an original row; other "
+        "outputs: relative L2 of the worst channel or part); "
         "rel-l2: worst relative L2 error of an output; cosine: 1 - lowest cosine similarity; max-abs: largest absolute "
         "error; top1: share of changed argmax on class-score outputs",
         choices=list(METRIC_NAMES),

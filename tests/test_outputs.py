@@ -233,18 +233,41 @@ def test_probabilities_measure_the_share_of_flipped_decisions():
     assert diff.task == pytest.approx(0.5) and diff.measure == "flipped at 0.5"
 
 
-def test_embeddings_measure_the_worst_rows_change_of_direction():
-    rng = np.random.default_rng(2)
-    a = [rng.normal(size=(5, 16)) for _ in range(2)]
+def _similarity_oracle(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """max |cos(b_i, a_j) - cos(a_i, a_j)| over every pair of rows, one pair at a time."""
+    rows_a = [x for xs in a for x in xs.reshape(-1, xs.shape[-1])]
+    rows_b = [y for ys in b for y in ys.reshape(-1, ys.shape[-1])]
+    cos = lambda x, y: float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))  # noqa: E731
+    return max(abs(cos(y, x) - cos(xi, x)) for xi, y in zip(rows_a, rows_b, strict=True) for x in rows_a)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_embeddings_measure_the_largest_shift_of_a_similarity_to_an_original_row(seed):
+    rng = np.random.default_rng(seed)
+    a = [rng.normal(size=(5, 16)) + rng.normal(size=16) for _ in range(2)]  # rows that share a direction, as real ones do
     b = [x + rng.normal(size=x.shape) * s for x, s in zip(a, (0.01, 0.2), strict=True)]
-    pairs = [(x, y) for xs, ys in zip(a, b, strict=True) for x, y in zip(xs, ys, strict=True)]
-    rows = [(x @ y) / np.linalg.norm(x) / np.linalg.norm(y) for x, y in pairs]
-    unit = [np.linalg.norm(x / np.linalg.norm(x) - y / np.linalg.norm(y)) for x, y in pairs]
     diff = _one(OutputKind("embedding"), a, b)
-    assert diff.task == pytest.approx(max(unit), rel=1e-6) == pytest.approx(np.sqrt(2 * (1 - min(rows))), rel=1e-6)
-    assert diff.measure == "direction, worst row"
+    assert diff.task == pytest.approx(_similarity_oracle(a, b), rel=1e-5)
+    assert diff.measure == "similarity shift, worst pair"
+
+
+def test_a_rotation_of_every_row_keeps_their_similarities_but_not_the_measure():
+    """Compressed queries searched against an index of original rows see the rotation."""
+    rng = np.random.default_rng(5)
+    a = [rng.normal(size=(40, 8))]
+    q, _ = np.linalg.qr(np.eye(8) + 0.05 * rng.normal(size=(8, 8)))
+    b = [a[0] @ q]
+    same = lambda x: x @ x.T / np.outer(np.linalg.norm(x, axis=1), np.linalg.norm(x, axis=1))  # noqa: E731
+    assert np.abs(same(a[0]) - same(b[0])).max() < 1e-12
+    shift = _one(OutputKind("embedding"), a, b).task
+    assert shift == pytest.approx(_similarity_oracle(a, b), rel=1e-5) and shift > 0.02
+
+
+def test_embedding_rows_zero_on_both_sides_are_equal_and_on_one_side_lost():
     zero = [np.zeros((2, 4))]
-    assert _one(OutputKind("embedding"), zero, zero).task == 0.0  # zero rows on both sides are equal
+    assert _one(OutputKind("embedding"), zero, zero).task == 0.0
+    one = [np.array([[0.0, 0.0], [1.0, 2.0]])]
+    assert _one(OutputKind("embedding"), one, [np.array([[1.0, 0.0], [1.0, 2.0]])]).task == 1.0
 
 
 @pytest.mark.parametrize("shape,axis", [((2, 6, 3, 3), 1), ((4, 5), 1), ((2, 3, 7), 2)])

@@ -7,7 +7,7 @@ its error is measured the way its task reads it:
 - probabilities: a Sigmoid, read as decisions at 0.5;
 - embedding: rows divided by their L2 norm (LpNormalization, or a Div by a ReduceL2), or
   normalized along the last axis by a LayerNormalization (a transformer's token vectors), read
-  by their direction;
+  by their similarities;
 - state: a recurrent op's final hidden or cell state, fed back by the caller;
 - dense: anything else (features, maps, boxes), read channel by channel.
 

@@ -14,6 +14,7 @@ import onnxruntime as ort
 from ..errors import CompressError, VerificationError, first_line
 from ..options import METRIC_NAMES
 from .outputs import OutputKind
+from .similarity import similarity_shift
 
 
 @dataclass
@@ -166,7 +167,8 @@ def task_measure(
       OCR model lost a line with 0.24% of its positions changed, and kept every line with 41%
       of them changed somewhere: labels that moved within a run or beside a blank);
     - probabilities: the share of decisions at 0.5 that flip;
-    - embedding: the worst row's change of direction, |a/|a| - b/|b||;
+    - embedding: the largest change of a cosine similarity between a compressed row and an
+      original row, its own included (similarity.py): what search and clustering read;
     - dense: the relative L2 error of the worst channel (slice along the feature axis: axis 1
       of a 4-D map, else the last axis), so no channel hides behind a larger one (a dead
       channel is measured against QUIET_CHANNEL of the typical one);
@@ -182,9 +184,7 @@ def task_measure(
     if k == "probabilities" and flips is not None:
         return "flipped at 0.5", flips
     if k == "embedding" and np.ndim(refs[0]) >= 1:
-        # the distance between the rows as unit vectors, sqrt(2 (1 - cos)): a relative error like
-        # the others (E = 0.01 asks cos >= 0.99995; 1 - cos <= 0.01 would let a row turn 8 degrees)
-        return "direction, worst row", math.sqrt(2.0 * max(1.0 - _worst_row_cosine(refs, cands), 0.0))
+        return "similarity shift, worst pair", similarity_shift(refs, cands)
     if k == "dense" and np.ndim(refs[0]) >= 2:
         axis = 1 if np.ndim(refs[0]) == 4 else np.ndim(refs[0]) - 1
         return "rel. L2, worst channel", max(rel_l2_of_parts(refs, cands, OutputKind("parts", axis), QUIET_CHANNEL))
@@ -220,23 +220,6 @@ def _decisions(measure: str, refs: list[np.ndarray], kind: OutputKind) -> int:
     if measure == "flipped at 0.5":
         return sum(np.size(a) for a in refs)
     return 0
-
-
-def _worst_row_cosine(refs: list[np.ndarray], cands: list[np.ndarray]) -> float:
-    """The lowest cosine similarity of a row (along the last axis) with its original; a row that
-    is zero on both sides counts as equal."""
-    worst = 1.0
-    for ref, cand in zip(refs, cands, strict=True):
-        a = np.asarray(ref, dtype=np.float64).reshape(-1, np.shape(ref)[-1] if np.ndim(ref) else 1)
-        b = np.asarray(cand, dtype=np.float64).reshape(a.shape)
-        d = b - a
-        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-        # 1 - cos from the difference, as compare() does: exact where the rows are equal
-        gap = np.maximum(np.sum(d * d, axis=1) - (na - nb) ** 2, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cos = np.where((na > 0) & (nb > 0), 1 - gap / (2 * na * nb), (na == nb).astype(np.float64))
-        worst = min(worst, float(cos.min()) if cos.size else 1.0)
-    return worst
 
 
 DENSE = OutputKind("dense")
