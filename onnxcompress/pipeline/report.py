@@ -24,6 +24,7 @@ from .summary import (
     load_line,
     ram_line,
     too_few_decisions,
+    untested_decisions,
     too_few_inputs,
 )
 
@@ -240,8 +241,9 @@ class Report:
             for note in (heavy_load(p, self.file_bytes_before), load_bound_cost(p)):
                 if note:
                     console.print(Text(note, style="yellow"))
-            if note := too_few_decisions(self.outputs, p, self.settings.get("metric")):
-                console.print(Text(note, style="yellow"))
+            for note in (too_few_decisions(self.outputs, p, self.settings.get("metric")), untested_decisions(self.outputs)):
+                if note:
+                    console.print(Text(note, style="yellow"))
         where = f"\nwrote {escape(str(self.output))}" if self.output else ""
         console.print(
             f"[bold]{human(self.file_bytes_before)} -> {human(self.file_bytes_after)}[/bold] "

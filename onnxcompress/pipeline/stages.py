@@ -293,7 +293,7 @@ def verify(p: Prepared, built: Built, ref: Reference, report: Report, progress: 
         target = p.out_path if p.out_path is not None else built.model
         sess = session(target, "the compressed model", fold=not report.verified_unfolded)
         candidate = run_twice(lambda f: run(sess, f, "the compressed model"), ref.feeds, ref.fed_back)
-        report.outputs = compare(ref.names, ref.outputs, candidate, ref.kinds, ref.feeds)
+        report.outputs = compare(ref.names, ref.outputs, candidate, ref.kinds, ref.feeds, margins=True)
     except VerificationError as e:
         if p.out_path is not None:
             p.out_path.unlink(missing_ok=True)

@@ -96,6 +96,35 @@ def too_few_decisions(outputs: list[OutputDiff], plan: dict, metric: str | None)
     )
 
 
+def untested_decisions(outputs: list[OutputDiff]) -> str | None:
+    """The note for decision outputs whose inputs never came near a boundary: each decision's
+    margin moved by up to some shift, but the nearest one was further than that, so no count
+    of flips there can tell how decisions near a boundary fare (margins.py: the face net's
+    confident faces)."""
+    far = [
+        d
+        for d in outputs
+        if d.margin_shift is not None and d.margin_nearest is not None and 0 < d.margin_shift < d.margin_nearest
+    ]
+    if not far:
+        return None
+    listed = "; ".join(
+        f"{d.name}'s moved by up to {d.margin_shift:.2g}, and its nearest was {d.margin_nearest:.2g} from its boundary"
+        f" (probabilities {_boundary_band(d.margin_shift)})"
+        for d in far
+    )
+    return (
+        f"note: no decision on these inputs came near enough to its boundary to test it: in log-odds, {listed}; "
+        "decisions on other inputs that close to it may change. Include such inputs to measure how many"
+    )
+
+
+def _boundary_band(shift: float) -> str:
+    """The probabilities of a two-way decision whose log-odds are within `shift` of 0."""
+    low = 1.0 / (1.0 + math.exp(shift))
+    return f"{low:.3g} to {1 - low:.3g}"
+
+
 def against_eight_bits(plan: dict) -> str:
     """How the plan's estimated size compares with uniform 8 bits per tensor's."""
     if not plan.get("eight_bit_bytes") or not plan.get("estimated_bytes"):

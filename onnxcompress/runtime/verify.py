@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from ..errors import CompressError, VerificationError, first_line
 from ..options import METRIC_NAMES
+from .margins import decision_margins
 from .outputs import OutputKind
 from .similarity import similarity_shift
 
@@ -32,6 +33,10 @@ class OutputDiff:
     # decisions (classes, probabilities) change in steps, so there the relative L2 error
     task_smooth: float = 0.0
     decisions: int = 0  # how many decisions a step measure (classes, probabilities) counted over
+    # decisions (classes, probabilities), where compare() was asked for them (margins.py): the
+    # original's nearest decision to its boundary, and the largest shift of one, in log-odds
+    margin_nearest: float | None = None
+    margin_shift: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,12 +118,15 @@ def compare(
     candidate: list[list[np.ndarray]],
     kinds: dict[str, OutputKind] | None = None,
     feeds: list[dict[str, np.ndarray]] | None = None,
+    margins: bool = False,
 ) -> list[OutputDiff]:
     """Per output, over all feeds: max abs error, relative L2 error (of the worst part, for an
     output of parts), cosine similarity, top-1 agreement where the output is or looks like class
     scores, and the decisions that flip for probabilities. `kinds`: each output's kind by name
     (outputs.output_kinds of the original); without one an output is dense. `feeds`: the inputs
-    the outputs came from, for the attention masks whose padded rows the task measure skips."""
+    the outputs came from, for the attention masks whose padded rows the task measure skips.
+    `margins`: also each decision output's margins (margins.py; a pass over the scores the
+    planner's many comparisons skip)."""
     diffs = []
     for j, name in enumerate(names):
         kind = (kinds or {}).get(name, DENSE)
@@ -146,7 +154,10 @@ def compare(
             measure, task = "not finite", math.inf
         smooth = rel if kind.kind in ("classes", "probabilities") else task
         count = _decisions(measure, refs, kind)
-        diffs.append(OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips, task, measure, smooth, count))
+        diff = OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips, task, measure, smooth, count)
+        if margins and (found := decision_margins(kind, refs, cands)) is not None:
+            diff.margin_nearest, diff.margin_shift = found.nearest, found.largest_shift
+        diffs.append(diff)
     return diffs
 
 
