@@ -397,3 +397,28 @@ def test_a_share_of_decisions_over_too_few_of_them_says_so(capsys):
     enough = oc.compress(model, min_elements=64, max_error=0.01, calibration=many)
     assert enough.report.outputs[0].decisions == 400
     assert too_few_decisions(enough.report.outputs, enough.report.plan, "task") is None
+
+
+def sentence_encoder():
+    """x [n, 16] -> LpNormalization(x @ W): rows read by their similarities."""
+    w = np.random.default_rng(6).normal(size=(16, 512)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("LpNormalization", ["h"], ["e"], axis=-1, p=2)]
+    return make_model(nodes, [("x", F, [None, 16])], [("e", F, [None, 512])], [("W", w)])
+
+
+def test_an_embedding_target_over_few_rows_says_that_more_rows_move_further(capsys):
+    from onnxcompress.pipeline.summary import FEW_ROWS, few_rows
+
+    rng = np.random.default_rng(8)
+    few = [{"x": rng.normal(size=(20, 16)).astype(np.float32)}]
+    r = oc.compress(sentence_encoder(), min_elements=64, max_error=0.01, calibration=few)
+    (diff,) = r.report.outputs
+    assert diff.rows == 20 and diff.measure == "similarity shift, worst pair"
+    note = few_rows(r.report.outputs, r.report.plan, "task")
+    assert note is not None and "e (20 rows)" in note
+    r.report.render()
+    assert "among more rows the largest shift grows" in " ".join(capsys.readouterr().out.split())
+    assert few_rows(r.report.outputs, r.report.plan, "rel-l2") is None
+    many = [{"x": rng.normal(size=(FEW_ROWS, 16)).astype(np.float32)}]
+    enough = oc.compress(sentence_encoder(), min_elements=64, max_error=0.01, calibration=many)
+    assert enough.report.outputs[0].rows == FEW_ROWS and few_rows(enough.report.outputs, enough.report.plan, "task") is None

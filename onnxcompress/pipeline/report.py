@@ -17,6 +17,7 @@ from ..encoding.lowrank import multiply_adds
 from ..runtime.verify import OutputDiff
 from .summary import (
     against_eight_bits,
+    few_rows,
     fixed_load,
     heavy_load,
     human,
@@ -238,12 +239,15 @@ class Report:
             )
             if warning := too_few_inputs(p):
                 console.print(Text(warning, style="yellow"))
-            for note in (heavy_load(p, self.file_bytes_before), load_bound_cost(p)):
-                if note:
-                    console.print(Text(note, style="yellow"))
-            for note in (too_few_decisions(self.outputs, p, self.settings.get("metric")), untested_decisions(self.outputs)):
-                if note:
-                    console.print(Text(note, style="yellow"))
+            notes = (
+                heavy_load(p, self.file_bytes_before),
+                load_bound_cost(p),
+                too_few_decisions(self.outputs, p, self.settings.get("metric")),
+                untested_decisions(self.outputs),
+                few_rows(self.outputs, p, self.settings.get("metric")),
+            )
+            for note in filter(None, notes):
+                console.print(Text(note, style="yellow"))
         where = f"\nwrote {escape(str(self.output))}" if self.output else ""
         console.print(
             f"[bold]{human(self.file_bytes_before)} -> {human(self.file_bytes_after)}[/bold] "

@@ -46,7 +46,8 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return np.divide(rows, norm, out=np.zeros_like(rows), where=norm > 0)
 
 
-# Similarities are measured against at most this many original rows (spread evenly): 2048 x
-# 1,011 token rows x 384 is 0.1 s, and a plan compares ~10 times
+# Similarities are measured against at most this many original rows (spread evenly). On one
+# thread: MiniLM's 1,011 token rows of 384, 0.04 s; 32,768 rows of 768, 3.7 s (a plan compares
+# outputs about 10 times)
 _REFERENCE_ROWS = 2048
 _BLOCK_ROWS = 4096

@@ -33,6 +33,7 @@ class OutputDiff:
     # decisions (classes, probabilities) change in steps, so there the relative L2 error
     task_smooth: float = 0.0
     decisions: int = 0  # how many decisions a step measure (classes, probabilities) counted over
+    rows: int = 0  # embedding: how many rows its similarities were measured over
     # decisions (classes, probabilities), where compare() was asked for them (margins.py): the
     # original's nearest decision to its boundary, and the largest shift of one, in log-odds
     margin_nearest: float | None = None
@@ -155,6 +156,8 @@ def compare(
         smooth = rel if kind.kind in ("classes", "probabilities") else task
         count = _decisions(measure, refs, kind)
         diff = OutputDiff(name, float(peak), rel, cos, top1, kind.describe(), flips, task, measure, smooth, count)
+        if measure == SIMILARITY:
+            diff.rows = sum(np.size(a) // max(np.shape(a)[-1], 1) for a in rows[0])
         if margins and (found := decision_margins(kind, refs, cands)) is not None:
             diff.margin_nearest, diff.margin_shift = found.nearest, found.largest_shift
         diffs.append(diff)
@@ -195,7 +198,7 @@ def task_measure(
     if k == "probabilities" and flips is not None:
         return "flipped at 0.5", flips
     if k == "embedding" and np.ndim(refs[0]) >= 1:
-        return "similarity shift, worst pair", similarity_shift(refs, cands)
+        return SIMILARITY, similarity_shift(refs, cands)
     if k == "dense" and np.ndim(refs[0]) >= 2:
         axis = 1 if np.ndim(refs[0]) == 4 else np.ndim(refs[0]) - 1
         return "rel. L2, worst channel", max(rel_l2_of_parts(refs, cands, OutputKind("parts", axis), QUIET_CHANNEL))
@@ -234,6 +237,7 @@ def _decisions(measure: str, refs: list[np.ndarray], kind: OutputKind) -> int:
 
 
 DENSE = OutputKind("dense")
+SIMILARITY = "similarity shift, worst pair"
 # A dense output's channel whose norm is below this share of the channels' RMS norm is measured
 # against that floor: MiniLM's last LayerNorm has three dead channels (gamma and beta 1e-32 to
 # 1e-9, outputs 1e-32 to 1e-7 where the median channel's RMS is 0.37) whose relative error is
