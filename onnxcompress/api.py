@@ -169,7 +169,7 @@ def run_models(
         except VerificationError as e:
             raise CompressError(f"{e}; check --inputs") from None
     names, kinds = extended(names, kinds, pairs)
-    return Comparison(names, results[0], results[1], compare(names, results[0], results[1], kinds, feeds))
+    return Comparison(names, results[0], results[1], compare(names, results[0], results[1], kinds, feeds, margins=True))
 
 
 # -- inspect ------------------------------------------------------------------------------------
