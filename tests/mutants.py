@@ -393,6 +393,41 @@ MUTANTS = [
         'LOAD_PER_EXTRA_PLANE = {"int32": 0.0, "uint8": 0.0}',
         ("tests/test_load_peak.py",),
     ),
+    Mutant(
+        "embedding measure: against compressed rows instead of the original ones",
+        "onnxcompress/runtime/similarity.py",
+        "anchors = ua[picks].astype(np.float32).T",
+        "anchors = ub[picks].astype(np.float32).T",
+        ("tests/test_outputs.py",),
+    ),
+    Mutant(
+        "embedding measure: only each row against its own original",
+        "onnxcompress/runtime/similarity.py",
+        "worst = max(worst, float(np.abs(block).max(initial=0.0)))",
+        "worst = worst",
+        ("tests/test_outputs.py", "tests/test_padding.py"),
+    ),
+    Mutant(
+        "margins: probabilities compared unlogged",
+        "onnxcompress/runtime/margins.py",
+        "        sa, sb = np.log(np.maximum(sa, _FLOOR)), np.log(np.maximum(sb, _FLOOR))",
+        "        pass",
+        ("tests/test_margins.py",),
+    ),
+    Mutant(
+        "margins: the note also where decisions near the boundary were tested",
+        "onnxcompress/pipeline/summary.py",
+        "0 < d.margin_shift < d.margin_nearest",
+        "0 < d.margin_shift",
+        ("tests/test_margins.py",),
+    ),
+    Mutant(
+        "few rows: an embedding measured over 20 rows gets no note",
+        "onnxcompress/pipeline/summary.py",
+        "few = [d for d in outputs if 0 < d.rows < FEW_ROWS]",
+        "few = [d for d in outputs if 0 < d.rows < 8]",
+        ("tests/test_outputs.py",),
+    ),
 ]
 
 
