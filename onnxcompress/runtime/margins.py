@@ -3,8 +3,8 @@
 A share-of-decisions target ("1 prediction in 100 may change") says little when every decision
 on the inputs sits far from its boundary: none can flip there, whatever the weights do. The
 face net planned on 32 confident faces (log-odds 6.4 to 19) changed none of them, and flipped
-a face of log-odds -0.004 on other inputs: its log-odds had moved by up to 0.074 on the faces
-it was planned on, and by 0.044 on that one. So the report compares the two numbers measured
+a face of log-odds -0.004 on other inputs: margins had moved by up to 0.063 on the faces it
+was planned on, and by 0.044 on that one. So the report compares the two numbers measured
 here: the nearest decision's margin, and the largest shift of a margin.
 
 A margin is in log-odds, where compression moves confident and unsure decisions alike (a
