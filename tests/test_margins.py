@@ -101,3 +101,14 @@ def test_a_plan_on_decisions_far_from_their_boundary_says_that_near_ones_were_no
     near = oc.compress(model, min_elements=64, max_error=0.01, calibration=[{"x": x}])
     assert near.report.outputs[0].margin_nearest < near.report.outputs[0].margin_shift
     assert untested_decisions(near.report.outputs) is None
+
+
+def test_fixed_settings_on_confident_inputs_say_so_too(capsys):
+    """A user who runs --bits 4 on confident inputs reads 100% of decisions kept: the note says
+    that none of them was near enough to flip."""
+    x = np.random.default_rng(3).normal(size=(64, 8)).astype(np.float32)
+    z = x @ (np.random.default_rng(2).normal(size=(8, 1024)) / 30).sum(axis=1)
+    r = oc.compress(detector(), min_elements=64, bits=4, calibration=[{"x": x[np.abs(z) > 2.0]}])
+    assert r.report.outputs[0].flips == 0.0
+    r.report.render()
+    assert "no decision on these inputs came near enough" in " ".join(capsys.readouterr().out.split())

@@ -219,8 +219,11 @@ class Report:
                 "would hold them all at once; the outputs come from the same ops)",
                 highlight=False,
             )
-        if not self.plan and (note := fixed_load(self.tensors, self.settings, self.file_bytes_before)):
-            console.print(Text(note, style="yellow"))
+        if not self.plan:  # a plan prints these under its line
+            for note in filter(
+                None, (fixed_load(self.tensors, self.settings, self.file_bytes_before), untested_decisions(self.outputs))
+            ):
+                console.print(Text(note, style="yellow"))
         if self.plan:
             p = self.plan
             bits: dict[str, int] = {}
