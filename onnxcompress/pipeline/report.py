@@ -25,8 +25,8 @@ from .summary import (
     load_line,
     ram_line,
     too_few_decisions,
-    untested_decisions,
     too_few_inputs,
+    untested_decisions,
 )
 
 
