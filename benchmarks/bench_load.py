@@ -31,7 +31,17 @@ from pathlib import Path
 
 import numpy as np
 import browser_rss
-from harness import DEFAULT_CACHE, LATENCY_SLICE, MISSING, model_inputs, native_probe, sliced, with_earlier_rows, write_json
+from harness import (
+    DEFAULT_CACHE,
+    LATENCY_SLICE,
+    MISSING,
+    missing_earlier,
+    model_inputs,
+    native_probe,
+    sliced,
+    with_earlier_rows,
+    write_json,
+)
 
 import onnxcompress
 
@@ -189,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-others", action="store_true", help="keep the other models' rows from the earlier results")
     args = ap.parse_args(argv)
     earlier = args.out / "load.json"
-    if args.keep_others and not earlier.exists():
-        print(f"--keep-others: no earlier results in {earlier} (JSON results are not committed); run all models", file=sys.stderr)
+    if missing_earlier(earlier, args.keep_others):
         return 2
     modules = web_modules(args.npm)
     no_tab = browser_rss.available() if modules else "no node or npm"

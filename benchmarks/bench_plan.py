@@ -40,6 +40,7 @@ from harness import (
     model_inputs,
     session,
     task_result,
+    missing_earlier,
     with_earlier_rows,
     write_json,
 )
@@ -91,8 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-others", action="store_true", help="keep the other models' rows from the earlier results")
     args = ap.parse_args(argv)
     earlier = args.out / "plan.json"
-    if args.keep_others and not earlier.exists():
-        print(f"--keep-others: no earlier results in {earlier} (JSON results are not committed); run all models", file=sys.stderr)
+    if missing_earlier(earlier, args.keep_others):
         return 2
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)

@@ -29,6 +29,14 @@ def write_json(rows, path: Path) -> None:
     path.write_text(json.dumps(rows, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+def missing_earlier(path: Path, keep_others: bool) -> bool:
+    """Whether --keep-others was asked for without earlier results at `path` to keep; says so."""
+    if keep_others and not path.exists():
+        print(f"--keep-others: no earlier results in {path} (JSON results are not committed); run all models", file=sys.stderr)
+        return True
+    return False
+
+
 def with_earlier_rows(rows: list[dict], path: Path, order: list[str]) -> list[dict]:
     """`rows` and, for the models they leave out, the rows of an earlier run's JSON at `path`,
     in `order` (a benchmark run on some models with --keep-others keeps the others' results)."""

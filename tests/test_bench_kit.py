@@ -94,3 +94,13 @@ def test_a_run_on_some_models_keeps_the_others_rows(tmp_path):
     rows = with_earlier_rows([{"model": "b", "v": 2}], earlier, ["a", "b", "c"])
     assert rows == [{"model": "a", "v": 1}, {"model": "b", "v": 2}, {"model": "c", "v": 1}]
     assert with_earlier_rows([{"model": "b", "v": 2}], tmp_path / "none.json", ["a", "b"]) == [{"model": "b", "v": 2}]
+
+
+def test_keep_others_without_earlier_results_is_refused(tmp_path, capsys):
+    from harness import missing_earlier
+
+    assert missing_earlier(tmp_path / "plan.json", keep_others=True)
+    assert "no earlier results" in capsys.readouterr().err
+    assert not missing_earlier(tmp_path / "plan.json", keep_others=False)
+    (tmp_path / "plan.json").write_text("[]")
+    assert not missing_earlier(tmp_path / "plan.json", keep_others=True)
