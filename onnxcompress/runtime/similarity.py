@@ -23,7 +23,7 @@ def similarity_shift(refs: list[np.ndarray], cands: list[np.ndarray]) -> float:
     moved = ub - ua
     # 1 - cos(a_i, b_i) from the difference, exact for equal rows; a row zero on one side only
     # has no direction to keep: 1
-    alone = (np.linalg.norm(a, axis=1) > 0) != (np.linalg.norm(b, axis=1) > 0)
+    alone = ua.any(axis=1) != ub.any(axis=1)  # _unit keeps zero rows zero
     worst = float(np.max(np.where(alone, 1.0, 0.5 * np.sum(moved * moved, axis=1))))
     picks = np.unique(np.linspace(0, len(a) - 1, min(len(a), _REFERENCE_ROWS)).round().astype(np.int64))
     anchors = ua[picks].astype(np.float32).T
