@@ -219,11 +219,6 @@ class Report:
                 "would hold them all at once; the outputs come from the same ops)",
                 highlight=False,
             )
-        if not self.plan:  # a plan prints these under its line
-            for note in filter(
-                None, (fixed_load(self.tensors, self.settings, self.file_bytes_before), untested_decisions(self.outputs))
-            ):
-                console.print(Text(note, style="yellow"))
         if self.plan:
             p = self.plan
             bits: dict[str, int] = {}
@@ -249,8 +244,10 @@ class Report:
                 untested_decisions(self.outputs),
                 few_rows(self.outputs, p, self.settings.get("metric")),
             )
-            for note in filter(None, notes):
-                console.print(Text(note, style="yellow"))
+        else:
+            notes = (fixed_load(self.tensors, self.settings, self.file_bytes_before), untested_decisions(self.outputs))
+        for note in filter(None, notes):
+            console.print(Text(note, style="yellow"))
         where = f"\nwrote {escape(str(self.output))}" if self.output else ""
         console.print(
             f"[bold]{human(self.file_bytes_before)} -> {human(self.file_bytes_after)}[/bold] "
